@@ -1,0 +1,157 @@
+//! Cluster and node configuration. Everything tunable lives here, with the
+//! defaults a production cluster would start from and a faster preset for the
+//! simulator and the browser.
+
+use crate::time::Dur;
+use serde::{Deserialize, Serialize};
+
+/// Configuration shared by all nodes of a cluster (N, R, W, Q must agree) plus
+/// per-node timer settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Replicas per key.
+    pub n: usize,
+    /// Default read quorum.
+    pub r: usize,
+    /// Default write quorum.
+    pub w: usize,
+    /// Q: number of fixed partitions (a power of two, 1..=4096).
+    pub partitions: u32,
+    /// A client request fails if it has not met its quorum by then.
+    pub request_timeout: Dur,
+    /// A replica that has not acked a write by then is presumed unreachable and a
+    /// stand-in is recruited in its place (sloppy quorum keeps N copies).
+    pub replica_timeout: Dur,
+    /// How often each node probes its peers.
+    pub ping_interval: Dur,
+    /// A probe unanswered for this long counts as a miss.
+    pub ping_timeout: Dur,
+    /// Consecutive missed probes before a peer is marked unreachable.
+    pub ping_misses: u32,
+    /// How often a stand-in retries delivering its hints.
+    pub hint_replay_interval: Dur,
+    /// Hints per delivery batch.
+    pub hint_batch: usize,
+    /// Max hints held for one owner; further hinted writes are refused (not acked).
+    pub max_hints_per_owner: usize,
+    /// Max value bytes of hints held for one owner.
+    pub max_hint_bytes_per_owner: usize,
+    /// Hints older than this are dropped (left for anti-entropy), like Cassandra's hint window.
+    pub hint_window: Dur,
+    /// Max siblings a client write may create.
+    pub max_siblings: usize,
+    /// Delay between a delete reaching all N primaries and the tombstone's purge.
+    /// Must exceed `hint_window`, so no hint still in flight can resurrect the value.
+    pub tombstone_grace: Dur,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            n: 3,
+            r: 2,
+            w: 2,
+            partitions: 64,
+            request_timeout: Dur::secs(2),
+            replica_timeout: Dur::millis(500),
+            ping_interval: Dur::secs(1),
+            ping_timeout: Dur::millis(800),
+            ping_misses: 2,
+            hint_replay_interval: Dur::secs(1),
+            hint_batch: 64,
+            max_hints_per_owner: 100_000,
+            max_hint_bytes_per_owner: 256 << 20,
+            hint_window: Dur::secs(3 * 3600),
+            max_siblings: 64,
+            tombstone_grace: Dur::secs(4 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// Faster timers for the simulator and the browser demo: the same protocol,
+    /// with failures noticed in a few hundred milliseconds.
+    pub fn demo() -> Self {
+        Config {
+            request_timeout: Dur::millis(1000),
+            replica_timeout: Dur::millis(200),
+            ping_interval: Dur::millis(250),
+            ping_timeout: Dur::millis(200),
+            hint_replay_interval: Dur::millis(250),
+            hint_window: Dur::secs(600),
+            tombstone_grace: Dur::secs(900),
+            ..Config::default()
+        }
+    }
+
+    /// Checks the invariants every node relies on. Nothing is changed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.n == 0 || self.n > 16 {
+            return Err(ConfigError::N(self.n));
+        }
+        for (name, v) in [("r", self.r), ("w", self.w)] {
+            if v == 0 || v > self.n {
+                return Err(ConfigError::Quorum { name, value: v, n: self.n });
+            }
+        }
+        if !self.partitions.is_power_of_two() || self.partitions > 4096 {
+            return Err(ConfigError::Partitions(self.partitions));
+        }
+        if self.tombstone_grace <= self.hint_window {
+            return Err(ConfigError::TombstoneGrace);
+        }
+        if self.hint_batch == 0 || self.max_siblings == 0 {
+            return Err(ConfigError::Zero);
+        }
+        Ok(())
+    }
+}
+
+/// An invalid configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// N out of range.
+    #[error("n must be between 1 and 16, got {0}")]
+    N(usize),
+    /// R or W out of range.
+    #[error("{name} must be between 1 and n={n}, got {value}")]
+    Quorum {
+        /// "r" or "w".
+        name: &'static str,
+        /// The value given.
+        value: usize,
+        /// N.
+        n: usize,
+    },
+    /// Q not a power of two in range.
+    #[error("partitions must be a power of two between 1 and 4096, got {0}")]
+    Partitions(u32),
+    /// Grace too short.
+    #[error("tombstone_grace must exceed hint_window, or a late hint could resurrect a deleted value")]
+    TombstoneGrace,
+    /// A count that must be positive is zero.
+    #[error("hint_batch and max_siblings must be positive")]
+    Zero,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_demo_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::demo().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let c = Config { w: 4, ..Config::default() };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "w must be between 1 and n=3, got 4"
+        );
+        let c = Config { partitions: 48, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Partitions(48))));
+    }
+}

@@ -1,0 +1,358 @@
+//! One Ringlab node as a pure state machine.
+//!
+//! ```text
+//!            Input::Client ─┐                  ┌─► Output::Reply
+//!   Input::Message(Replica) ┼─► quorum.rs ─────┤   (coordinator: targets, acks,
+//!                           │   (coordinator +  │    stand-ins, read repair)
+//!                           │    replica side)  ├─► Output::Send(Replica)
+//!   Input::Message(Handoff) ┼─► handoff.rs ─────┼─► Output::Send(Handoff)
+//!   Input::Message(Detector)┼─► detector.rs ────┼─► Output::Send(Detector)
+//!            Input::Timeout ┘   (timers table)  └─► Output::Event
+//!                                   │
+//!                              Storage::apply (one atomic batch per input,
+//!                              committed before any output that depends on it)
+//! ```
+//!
+//! The node never blocks and never fails: problems become events or error replies.
+
+use crate::config::Config;
+use crate::detector::{self, Change, Detector};
+use crate::id::{NodeId, ReqId};
+use crate::message::{Admin, Event, Input, Message, Output};
+use crate::ring::Ring;
+use crate::store::{Batch, Op, Storage};
+use crate::time::{Dur, Time};
+use crate::{handoff, quorum};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Named timers (quinn's `TimerTable` idea). Every handler re-checks the state it
+/// depends on, so a stale timer is harmless.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    /// Probe peers.
+    Probe,
+    /// Retry hint delivery, expire old hints.
+    HintReplay,
+    /// A replica request's first-answer deadline (recruit stand-ins).
+    ReplicaCheck(ReqId),
+    /// A request's overall deadline.
+    Deadline(ReqId),
+    /// A forwarded client request's deadline.
+    ForwardDeadline(ReqId),
+    /// Purge a tombstone.
+    Purge(ReqId),
+}
+
+const META_EPOCH: &str = "epoch";
+const META_EPOCH_FLOOR: &str = "epoch_floor";
+const META_RING: &str = "ring";
+
+/// A Ringlab node. See the crate docs for the drain contract.
+pub struct Node<S: Storage> {
+    pub(crate) id: NodeId,
+    pub(crate) config: Config,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) storage: S,
+    pub(crate) ring: Option<Ring>,
+    pub(crate) detector: Detector,
+    /// Last epoch handed out (persisted before use).
+    pub(crate) epoch: u64,
+    /// Epochs below this may not be continued (see `version.rs`).
+    pub(crate) epoch_floor: u64,
+    next_id: u64,
+    pub(crate) coords: BTreeMap<ReqId, quorum::Coord>,
+    pub(crate) forwards: BTreeMap<ReqId, quorum::Forwarded>,
+    pub(crate) purges: BTreeMap<ReqId, quorum::PendingPurge>,
+    pub(crate) handoffs: BTreeMap<NodeId, handoff::InFlight>,
+    timers: BTreeSet<(Time, Timer)>,
+    outputs: VecDeque<Output>,
+    pub(crate) now: Time,
+}
+
+impl<S: Storage> Node<S> {
+    /// Starts (or restarts) node `id` on `storage`. A ring stored in `storage` wins
+    /// over `ring` if it is newer. `seed` seeds the node's only RNG.
+    pub fn new(
+        id: NodeId,
+        config: Config,
+        ring: Option<Ring>,
+        storage: S,
+        seed: u64,
+        now: Time,
+    ) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let read_u64 = |name: &str| {
+            storage
+                .meta(name)
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(u64::from_be_bytes)
+        };
+        // A fresh (or wiped) disk starts epochs at a random offset so they cannot
+        // collide with epochs this node used before the wipe.
+        let (epoch, floor) = match read_u64(META_EPOCH) {
+            Some(e) => (e, read_u64(META_EPOCH_FLOOR).unwrap_or(0)),
+            None => {
+                let e = u64::from(rng.next_u32()) << 24;
+                (e, e)
+            }
+        };
+        let stored_ring: Option<Ring> = storage
+            .meta(META_RING)
+            .and_then(|b| postcard::from_bytes(&b).ok());
+        let ring = match (ring, stored_ring) {
+            (Some(a), Some(b)) => Some(if b.version() > a.version() { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let mut node = Node {
+            id,
+            config,
+            rng,
+            storage,
+            ring,
+            detector: Detector::new(),
+            epoch,
+            epoch_floor: floor,
+            next_id: 1,
+            coords: BTreeMap::new(),
+            forwards: BTreeMap::new(),
+            purges: BTreeMap::new(),
+            handoffs: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            now,
+        };
+        let jitter = node.jitter(node.config.ping_interval);
+        node.set_timer(now + jitter, Timer::Probe);
+        let jitter = node.jitter(node.config.hint_replay_interval);
+        node.set_timer(now + jitter, Timer::HintReplay);
+        node
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The ring this node routes by.
+    pub fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
+    }
+
+    /// The storage (read-only).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Gives the storage back (the simulator keeps it across a crash).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// This node's view of its peers.
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// Requests this node is coordinating.
+    pub fn coordinating(&self) -> usize {
+        self.coords.len()
+    }
+
+    /// Feeds one input. **After every call, drain [`Node::poll_output`] until it
+    /// returns `None`, then re-read [`Node::poll_timeout`].**
+    pub fn handle_input(&mut self, now: Time, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Message { from, msg } => self.handle_message(from, msg),
+            Input::Client { req, op } => self.handle_client(quorum::Origin::Local(req), op),
+            Input::Timeout => self.handle_timeout(),
+            Input::Admin(Admin::SetRing(ring)) => self.install_ring(ring),
+        }
+    }
+
+    /// The next output, if any.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call `handle_input(Input::Timeout)` next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    fn handle_message(&mut self, from: NodeId, msg: Message) {
+        if from == self.id {
+            self.event(Event::MessageIgnored {
+                from,
+                reason: "message claims to be from this node".into(),
+            });
+            return;
+        }
+        if let Some(change) = self.detector.heard_from(from, self.now) {
+            self.on_reachability(change);
+        }
+        match msg {
+            Message::Replica(m) => self.handle_replica_msg(from, m),
+            Message::Handoff(m) => self.handle_handoff_msg(from, m),
+            Message::Detector(detector::Msg::Ping { nonce }) => {
+                self.send(from, Message::Detector(detector::Msg::Pong { nonce }))
+            }
+            Message::Detector(detector::Msg::Pong { .. }) => {}
+        }
+    }
+
+    fn handle_timeout(&mut self) {
+        while let Some(&(t, timer)) = self.timers.first() {
+            if t > self.now {
+                break;
+            }
+            self.timers.remove(&(t, timer));
+            match timer {
+                Timer::Probe => self.probe_tick(),
+                Timer::HintReplay => self.hint_replay_tick(),
+                Timer::ReplicaCheck(id) => self.replica_check(id),
+                Timer::Deadline(id) => self.deadline(id),
+                Timer::ForwardDeadline(id) => self.forward_deadline(id),
+                Timer::Purge(id) => self.purge_due(id),
+            }
+        }
+    }
+
+    fn probe_tick(&mut self) {
+        let peers: Vec<NodeId> = match &self.ring {
+            Some(r) => r.members().map(|(id, _)| id).filter(|&p| p != self.id).collect(),
+            None => Vec::new(),
+        };
+        let mut changes = Vec::new();
+        let rng = &mut self.rng;
+        let probes = self.detector.probe_round(
+            peers,
+            self.now,
+            self.config.ping_timeout,
+            self.config.ping_misses,
+            || rng.next_u64(),
+            &mut changes,
+        );
+        for change in changes {
+            self.on_reachability(change);
+        }
+        for (peer, nonce) in probes {
+            self.send(peer, Message::Detector(detector::Msg::Ping { nonce }));
+        }
+        let next = self.now + self.config.ping_interval;
+        self.set_timer(next, Timer::Probe);
+    }
+
+    pub(crate) fn on_reachability(&mut self, change: Change) {
+        match change {
+            Change::Up(peer) => {
+                self.event(Event::PeerReachable { peer });
+                // A recovered owner gets its hints right away.
+                self.try_deliver_hints(peer);
+            }
+            Change::Down(peer) => self.event(Event::PeerUnreachable { peer }),
+        }
+    }
+
+    fn install_ring(&mut self, ring: Ring) {
+        if self.ring.as_ref().is_some_and(|r| r.version() >= ring.version()) {
+            return;
+        }
+        let encoded = postcard::to_allocvec(&ring).unwrap_or_default();
+        let version = ring.version();
+        if self.commit(vec![Op::PutMeta {
+            name: META_RING.into(),
+            value: encoded,
+        }]) {
+            self.ring = Some(ring);
+            self.event(Event::RingInstalled { version });
+        }
+    }
+
+    /// Whether `peer` is routable in this node's view (self always is).
+    pub(crate) fn healthy(&self, peer: NodeId) -> bool {
+        peer == self.id || self.detector.is_reachable(peer)
+    }
+
+    /// Commits `ops` as one atomic batch. On failure emits an event and returns
+    /// false: the caller must then not emit anything that claims the write happened.
+    pub(crate) fn commit(&mut self, ops: Vec<Op>) -> bool {
+        if ops.is_empty() {
+            return true;
+        }
+        match self.storage.apply(Batch { ops }) {
+            Ok(()) => true,
+            Err(e) => {
+                self.event(Event::StorageFailed { error: e.0 });
+                false
+            }
+        }
+    }
+
+    /// Hands out a fresh epoch; the caller must commit the returned op with its write.
+    pub(crate) fn fresh_epoch(&mut self) -> (u64, Op) {
+        self.epoch += 1;
+        (
+            self.epoch,
+            Op::PutMeta {
+                name: META_EPOCH.into(),
+                value: self.epoch.to_be_bytes().to_vec(),
+            },
+        )
+    }
+
+    /// Forbids continuing any epoch used so far (after a purge removed records of them).
+    pub(crate) fn raise_epoch_floor(&mut self) -> Vec<Op> {
+        let (e, op) = self.fresh_epoch();
+        self.epoch_floor = e;
+        vec![
+            op,
+            Op::PutMeta {
+                name: META_EPOCH_FLOOR.into(),
+                value: e.to_be_bytes().to_vec(),
+            },
+        ]
+    }
+
+    pub(crate) fn next_req(&mut self) -> ReqId {
+        let id = ReqId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    pub(crate) fn set_timer(&mut self, at: Time, timer: Timer) {
+        self.timers.insert((at, timer));
+    }
+
+    pub(crate) fn cancel_timer(&mut self, at: Time, timer: Timer) {
+        self.timers.remove(&(at, timer));
+    }
+
+    /// Uniform in [interval/2, interval): desynchronises nodes started together.
+    pub(crate) fn jitter(&mut self, interval: Dur) -> Dur {
+        let half = interval.as_millis() / 2;
+        Dur(half + self.rng.next_u64() % half.max(1))
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, msg: Message) {
+        debug_assert_ne!(to, self.id, "a node never sends to itself");
+        self.outputs.push_back(Output::Send { to, msg });
+    }
+
+    pub(crate) fn emit(&mut self, out: Output) {
+        self.outputs.push_back(out);
+    }
+
+    pub(crate) fn event(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+}

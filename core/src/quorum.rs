@@ -1,0 +1,735 @@
+//! The coordinator and the replica side of reads and writes: sloppy quorum over the
+//! first N *healthy* nodes of the preference list, stand-ins with hints, read
+//! repair, and tombstone purging.
+//!
+//! ## Writes
+//! Any node accepts a client write. If it is one of the key's targets (the first N
+//! healthy nodes of the preference list in its own view) it coordinates; otherwise
+//! it forwards once to the first target, so versions are minted by a replica that
+//! holds the key (see `version.rs` for why that matters). The coordinator applies
+//! the write to its local copy, commits it, and sends the new object to the other
+//! targets; a target standing in for an unreachable owner gets a hint naming that
+//! owner. The client is answered after W acks (the local commit counts as one).
+//! A target that has not acked after `replica_timeout` is marked unreachable and
+//! replaced by the next healthy node of the walk (as a stand-in for the same
+//! owner), so the write still reaches N nodes. At `request_timeout` a write
+//! without W acks fails with `QuorumNotReached { got, need }` — never a silent
+//! success (it is not rolled back either: Dynamo semantics).
+//!
+//! ## Reads
+//! The coordinator asks the N targets, answers after R replies with the causal
+//! merge of what it got (all siblings plus one context), then waits for the rest
+//! (until the deadline) and sends the merged object to every replica whose copy
+//! differed: read repair.
+//!
+//! ## Tombstones
+//! A delete writes a tombstone sibling. It is purged only when it is safe: the
+//! coordinator saw acks from all N *primaries* (no stand-in involved) for a
+//! tombstone-only object, and then `tombstone_grace` (> the hint window) passes;
+//! each primary then drops the key only if its copy is still exactly that
+//! tombstone. Any later write keeps the key. A purge also raises the node's epoch
+//! floor (see `version.rs`).
+
+use crate::id::{ClientReq, NodeId, ReqId};
+use crate::message::{ClientOp, ClientReply, Event, Message, Output, RequestError};
+use crate::node::{Node, Timer};
+use crate::ring::Partition;
+use crate::store::{Hint, Op, Storage};
+use crate::time::Time;
+use crate::version::{Actor, Dot, Object, VersionVector};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Coordinator ⇄ replica messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// A client write forwarded to a coordinating replica.
+    Forward {
+        /// The forwarder's request number.
+        id: ReqId,
+        /// The client's operation.
+        op: ClientOp,
+    },
+    /// The coordinating replica's answer to a forwarded write.
+    ForwardReply {
+        /// The forwarder's request number.
+        id: ReqId,
+        /// The outcome.
+        result: Result<ClientReply, RequestError>,
+    },
+    /// Merge `object` into your copy (or into your hints for `hint`) and ack if `id` is set.
+    Store {
+        /// Request to ack; `None` for read repair.
+        id: Option<ReqId>,
+        /// Key.
+        key: Bytes,
+        /// Versions to merge.
+        object: Object,
+        /// The owner this replica stands in for.
+        hint: Option<NodeId>,
+    },
+    /// The store is committed.
+    StoreAck {
+        /// Request.
+        id: ReqId,
+    },
+    /// Send your copy of `key`.
+    Fetch {
+        /// Request.
+        id: ReqId,
+        /// Key.
+        key: Bytes,
+    },
+    /// A replica's copy (empty if absent).
+    FetchReply {
+        /// Request.
+        id: ReqId,
+        /// The copy.
+        object: Object,
+    },
+    /// Drop `key` if your copy is still exactly this tombstone context.
+    Purge {
+        /// Key.
+        key: Bytes,
+        /// The tombstone's context.
+        context: VersionVector,
+    },
+}
+
+/// Where the answer to a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A client of this node.
+    Local(ClientReq),
+    /// A forwarding node.
+    Remote(NodeId, ReqId),
+}
+
+/// One node a request was sent to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub node: NodeId,
+    /// The owner this target stands in for.
+    pub hint: Option<NodeId>,
+    pub answered: bool,
+    /// Replaced by a stand-in after a timeout.
+    pub replaced: bool,
+}
+
+pub(crate) enum Phase {
+    Write {
+        object: Object,
+        dot: Dot,
+    },
+    Read {
+        replies: Vec<(NodeId, Option<NodeId>, Object)>,
+    },
+}
+
+/// A request this node coordinates.
+pub(crate) struct Coord {
+    origin: Origin,
+    key: Bytes,
+    partition: Partition,
+    need: usize,
+    targets: Vec<Target>,
+    phase: Phase,
+    replied: bool,
+    deadline: Time,
+    check: Time,
+}
+
+impl Coord {
+    fn answered(&self) -> usize {
+        self.targets.iter().filter(|t| t.answered).count()
+    }
+    fn answered_by(&self) -> Vec<NodeId> {
+        self.targets
+            .iter()
+            .filter(|t| t.answered)
+            .map(|t| t.node)
+            .collect()
+    }
+}
+
+/// A client write this node forwarded.
+pub(crate) struct Forwarded {
+    req: ClientReq,
+    key: Bytes,
+    need: usize,
+    deadline: Time,
+}
+
+/// A tombstone waiting for its grace period.
+pub(crate) struct PendingPurge {
+    key: Bytes,
+    context: VersionVector,
+    primaries: Vec<NodeId>,
+}
+
+impl<S: Storage> Node<S> {
+    /// The first N healthy nodes of the preference list, each stand-in paired with
+    /// the unreachable primary its hint names.
+    pub(crate) fn targets(&self, p: Partition) -> Vec<Target> {
+        let Some(ring) = &self.ring else {
+            return Vec::new();
+        };
+        let n = self.config.n;
+        let mut targets = Vec::with_capacity(n);
+        let mut missing = std::collections::VecDeque::new();
+        let primaries = ring.primaries(p);
+        for &node in primaries {
+            if self.healthy(node) {
+                targets.push(Target { node, hint: None, answered: false, replaced: false });
+            } else {
+                missing.push_back(node);
+            }
+        }
+        if !missing.is_empty() {
+            for node in ring.preference_walk(p).skip(primaries.len()) {
+                if targets.len() >= n || missing.is_empty() {
+                    break;
+                }
+                if self.healthy(node) {
+                    let hint = missing.pop_front();
+                    targets.push(Target { node, hint, answered: false, replaced: false });
+                }
+            }
+        }
+        targets
+    }
+
+    pub(crate) fn handle_client(&mut self, origin: Origin, op: ClientOp) {
+        let n = self.config.n;
+        let (need, name) = match &op {
+            ClientOp::Get { r, .. } => (r.unwrap_or(self.config.r), "r"),
+            ClientOp::Put { w, .. } | ClientOp::Delete { w, .. } => (w.unwrap_or(self.config.w), "w"),
+        };
+        if need == 0 || need > n {
+            let e = RequestError::InvalidQuorum { name: name.into(), value: need, n };
+            return self.finish(origin, op.key().clone(), Err(e));
+        }
+        let Some(ring) = &self.ring else {
+            return self.finish(origin, op.key().clone(), Err(RequestError::NoRing));
+        };
+        let partition = ring.partition_of(op.key());
+        let targets = self.targets(partition);
+        if targets.len() < need {
+            let e = RequestError::Unavailable { available: targets.len(), need };
+            return self.finish(origin, op.key().clone(), Err(e));
+        }
+        let is_target = targets.iter().any(|t| t.node == self.id);
+        match op {
+            ClientOp::Get { key, .. } => self.start_read(origin, key, partition, need, targets),
+            ClientOp::Put { .. } | ClientOp::Delete { .. }
+                if !is_target && matches!(origin, Origin::Local(_)) =>
+            {
+                self.forward(origin, op, need, targets[0].node)
+            }
+            ClientOp::Put { key, value, context, .. } => {
+                self.start_write(origin, key, Some(value), context, partition, need, targets)
+            }
+            ClientOp::Delete { key, context, .. } => {
+                self.start_write(origin, key, None, context, partition, need, targets)
+            }
+        }
+    }
+
+    fn forward(&mut self, origin: Origin, op: ClientOp, need: usize, to: NodeId) {
+        let Origin::Local(req) = origin else { return };
+        let id = self.next_req();
+        let deadline = self.now + self.config.request_timeout + self.config.replica_timeout;
+        self.forwards.insert(
+            id,
+            Forwarded { req, key: op.key().clone(), need, deadline },
+        );
+        self.set_timer(deadline, Timer::ForwardDeadline(id));
+        self.event(Event::Forwarded { req, to });
+        self.send(to, Message::Replica(Msg::Forward { id, op }));
+    }
+
+    pub(crate) fn forward_deadline(&mut self, id: ReqId) {
+        if let Some(f) = self.forwards.remove(&id) {
+            let e = RequestError::QuorumNotReached { got: 0, need: f.need };
+            self.finish(Origin::Local(f.req), f.key, Err(e));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_write(
+        &mut self,
+        origin: Origin,
+        key: Bytes,
+        value: Option<Bytes>,
+        context: Option<VersionVector>,
+        partition: Partition,
+        need: usize,
+        mut targets: Vec<Target>,
+    ) {
+        let ctx = context.unwrap_or_default();
+        let me = targets.iter().position(|t| t.node == self.id);
+        let my_hint = me.and_then(|i| targets[i].hint);
+        // The local copy the new version is built on, and where it will be stored.
+        let mut local = match (me, my_hint) {
+            (Some(_), None) => self.storage.object(&key).unwrap_or_default(),
+            (Some(_), Some(owner)) => self
+                .storage
+                .hint(owner, &key)
+                .map(|h| h.object)
+                .unwrap_or_default(),
+            (None, _) => Object::new(),
+        };
+        let would_have = local.siblings_after_write(&ctx);
+        if would_have > self.config.max_siblings {
+            let e = RequestError::TooManySiblings { would_have, limit: self.config.max_siblings };
+            return self.finish(origin, key, Err(e));
+        }
+        let mut ops = Vec::with_capacity(2);
+        // Continue our epoch only from our own durable copy (see version.rs).
+        let continued = match (me, my_hint) {
+            (Some(_), None) => local
+                .context()
+                .latest_epoch_of(self.id)
+                .map(|(e, _)| e)
+                .filter(|&e| e >= self.epoch_floor),
+            _ => None,
+        };
+        let epoch = match continued {
+            Some(e) => e,
+            None => {
+                let (e, op) = self.fresh_epoch();
+                ops.push(op);
+                e
+            }
+        };
+        let dot = local.write(Actor { node: self.id, epoch }, &ctx, value);
+        if let Some(i) = me {
+            ops.push(self.store_op(&key, local.clone(), my_hint));
+            targets[i].answered = true;
+        }
+        if !self.commit(ops) {
+            return self.finish(origin, key, Err(RequestError::Storage("local commit failed".into())));
+        }
+        let id = self.next_req();
+        let op = if local.is_deleted() { "delete" } else { "put" };
+        self.event(Event::RequestStarted {
+            req: self.client_req(origin),
+            key: key.clone(),
+            op: op.into(),
+            targets: targets.iter().map(|t| (t.node, t.hint)).collect(),
+        });
+        if let Some(i) = me {
+            self.stored_event(&key, &local, targets[i].hint);
+        }
+        let me_id = self.id;
+        for t in targets.iter().filter(|t| t.node != me_id) {
+            let msg = Msg::Store { id: Some(id), key: key.clone(), object: local.clone(), hint: t.hint };
+            self.send(t.node, Message::Replica(msg));
+        }
+        let deadline = self.now + self.config.request_timeout;
+        let check = self.now + self.config.replica_timeout;
+        let coord = Coord {
+            origin,
+            key,
+            partition,
+            need,
+            targets,
+            phase: Phase::Write { object: local, dot },
+            replied: false,
+            deadline,
+            check,
+        };
+        self.coords.insert(id, coord);
+        self.set_timer(deadline, Timer::Deadline(id));
+        self.set_timer(check, Timer::ReplicaCheck(id));
+        self.progress(id);
+    }
+
+    fn start_read(
+        &mut self,
+        origin: Origin,
+        key: Bytes,
+        partition: Partition,
+        need: usize,
+        mut targets: Vec<Target>,
+    ) {
+        let id = self.next_req();
+        self.event(Event::RequestStarted {
+            req: self.client_req(origin),
+            key: key.clone(),
+            op: "get".into(),
+            targets: targets.iter().map(|t| (t.node, t.hint)).collect(),
+        });
+        let mut replies = Vec::with_capacity(targets.len());
+        for t in targets.iter_mut() {
+            if t.node == self.id {
+                t.answered = true;
+                replies.push((t.node, t.hint, self.local_copy(&key, t.hint)));
+            } else {
+                let msg = Msg::Fetch { id, key: key.clone() };
+                self.send(t.node, Message::Replica(msg));
+            }
+        }
+        let deadline = self.now + self.config.request_timeout;
+        let check = self.now + self.config.replica_timeout;
+        self.coords.insert(
+            id,
+            Coord {
+                origin,
+                key,
+                partition,
+                need,
+                targets,
+                phase: Phase::Read { replies },
+                replied: false,
+                deadline,
+                check,
+            },
+        );
+        self.set_timer(deadline, Timer::Deadline(id));
+        self.set_timer(check, Timer::ReplicaCheck(id));
+        self.progress(id);
+    }
+
+    /// What this node holds for `key` in the role `hint` (own copy or a hint).
+    fn local_copy(&self, key: &[u8], hint: Option<NodeId>) -> Object {
+        match hint {
+            None => self.storage.object(key),
+            Some(owner) => self.storage.hint(owner, key).map(|h| h.object),
+        }
+        .unwrap_or_default()
+    }
+
+    /// The storage op that merges `object` into this node's copy or its hints.
+    fn store_op(&self, key: &Bytes, object: Object, hint: Option<NodeId>) -> Op {
+        match hint {
+            Some(owner) if owner != self.id => {
+                let stored_at = self
+                    .storage
+                    .hint(owner, key)
+                    .map_or(self.now, |h| h.stored_at);
+                Op::PutHint { owner, key: key.clone(), hint: Hint { object, stored_at } }
+            }
+            _ => Op::PutObject { key: key.clone(), object },
+        }
+    }
+
+    fn stored_event(&mut self, key: &Bytes, object: &Object, hint: Option<NodeId>) {
+        match hint {
+            Some(owner) if owner != self.id => {
+                self.event(Event::HintStored { owner, key: key.clone() })
+            }
+            _ => self.event(Event::ReplicaStored { key: key.clone(), siblings: object.sibling_count() }),
+        }
+    }
+
+    fn client_req(&self, origin: Origin) -> ClientReq {
+        match origin {
+            Origin::Local(r) => r,
+            // Forwarded requests are reported under the forwarder's number.
+            Origin::Remote(_, id) => ClientReq(id.0),
+        }
+    }
+
+    /// Answers the client (or the forwarding node) once.
+    fn finish(&mut self, origin: Origin, key: Bytes, result: Result<ClientReply, RequestError>) {
+        if let Err(error) = &result {
+            self.event(Event::RequestFailed { req: self.client_req(origin), key, error: error.clone() });
+        }
+        match origin {
+            Origin::Local(req) => self.emit(Output::Reply { req, result }),
+            Origin::Remote(to, id) => {
+                self.send(to, Message::Replica(Msg::ForwardReply { id, result }))
+            }
+        }
+    }
+
+    /// Replies once the quorum is met; cleans up once every target answered.
+    fn progress(&mut self, id: ReqId) {
+        let Some(c) = self.coords.get(&id) else { return };
+        let got = c.answered();
+        if !c.replied && got >= c.need {
+            let result = match &c.phase {
+                Phase::Write { object, dot } => Ok(ClientReply::Written {
+                    dot: *dot,
+                    context: object.context().clone(),
+                    acked_by: c.answered_by(),
+                    stand_ins: c
+                        .targets
+                        .iter()
+                        .filter(|t| t.answered)
+                        .filter_map(|t| t.hint.map(|o| (t.node, o)))
+                        .collect(),
+                }),
+                Phase::Read { replies } => {
+                    let merged = merge_all(replies);
+                    Ok(ClientReply::Read {
+                        values: merged.values().map(|(d, v)| (*d, v.clone())).collect(),
+                        context: merged.context().clone(),
+                        answered_by: c.answered_by(),
+                    })
+                }
+            };
+            let (origin, key, need) = (c.origin, c.key.clone(), c.need);
+            if let Some(c) = self.coords.get_mut(&id) {
+                c.replied = true;
+            }
+            self.event(Event::QuorumMet { req: self.client_req(origin), key: key.clone(), got, need });
+            self.finish(origin, key, result);
+        }
+        let Some(c) = self.coords.get(&id) else { return };
+        if c.targets.iter().all(|t| t.answered || t.replaced) {
+            self.complete(id);
+        }
+    }
+
+    /// Every target answered, or the deadline passed.
+    fn complete(&mut self, id: ReqId) {
+        let Some(c) = self.coords.remove(&id) else { return };
+        self.cancel_timer(c.deadline, Timer::Deadline(id));
+        self.cancel_timer(c.check, Timer::ReplicaCheck(id));
+        match c.phase {
+            Phase::Read { replies } => self.read_repair(c.key, replies),
+            Phase::Write { object, .. } => {
+                // Purge rule: all N primaries acked a tombstone-only object.
+                if !object.is_deleted() {
+                    return;
+                }
+                let Some(ring) = &self.ring else { return };
+                let primaries = ring.primaries(c.partition).to_vec();
+                let all_primaries_acked = primaries.len() == self.config.n
+                    && primaries.iter().all(|p| {
+                        c.targets.iter().any(|t| t.node == *p && t.hint.is_none() && t.answered)
+                    });
+                if all_primaries_acked {
+                    let pid = self.next_req();
+                    let at = self.now + self.config.tombstone_grace;
+                    self.purges.insert(
+                        pid,
+                        PendingPurge { key: c.key, context: object.context().clone(), primaries },
+                    );
+                    self.set_timer(at, Timer::Purge(pid));
+                }
+            }
+        }
+    }
+
+    fn read_repair(&mut self, key: Bytes, replies: Vec<(NodeId, Option<NodeId>, Object)>) {
+        let merged = merge_all(&replies);
+        if merged.is_empty() {
+            return;
+        }
+        let mut repaired = Vec::new();
+        for (node, hint, object) in &replies {
+            if *object == merged {
+                continue;
+            }
+            repaired.push(*node);
+            if *node == self.id {
+                let op = self.store_op(&key, self.local_copy(&key, *hint).merged(&merged), *hint);
+                self.commit(vec![op]);
+            } else {
+                let msg = Msg::Store { id: None, key: key.clone(), object: merged.clone(), hint: *hint };
+                self.send(*node, Message::Replica(msg));
+            }
+        }
+        if !repaired.is_empty() {
+            self.event(Event::ReadRepair { key, replicas: repaired });
+        }
+    }
+
+    pub(crate) fn replica_check(&mut self, id: ReqId) {
+        let Some(c) = self.coords.get(&id) else { return };
+        let silent: Vec<(usize, NodeId, Option<NodeId>)> = c
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.answered && !t.replaced)
+            .map(|(i, t)| (i, t.node, t.hint))
+            .collect();
+        let is_write = matches!(c.phase, Phase::Write { .. });
+        let partition = c.partition;
+        let deadline = c.deadline;
+        for &(_, node, _) in &silent {
+            if let Some(change) = self.detector.request_failed(node) {
+                self.on_reachability(change);
+            }
+        }
+        if !is_write || self.now >= deadline {
+            return;
+        }
+        // Recruit a stand-in for each silent target, so the write still lands on N nodes.
+        let Some(c) = self.coords.get(&id) else { return };
+        let Some(ring) = &self.ring else { return };
+        let mut used: Vec<NodeId> = c.targets.iter().map(|t| t.node).collect();
+        let walk: Vec<NodeId> = ring.preference_walk(partition).collect();
+        let mut recruits = Vec::new();
+        for (i, node, hint) in silent {
+            let owner = hint.unwrap_or(node);
+            if let Some(&stand_in) = walk.iter().find(|&&s| !used.contains(&s) && self.healthy(s)) {
+                used.push(stand_in);
+                recruits.push((i, owner, stand_in));
+            }
+        }
+        if recruits.is_empty() {
+            return;
+        }
+        let Some(c) = self.coords.get_mut(&id) else { return };
+        let Phase::Write { object, .. } = &c.phase else { return };
+        let object = object.clone();
+        let key = c.key.clone();
+        let mut local = None;
+        for &(i, owner, stand_in) in &recruits {
+            c.targets[i].replaced = true;
+            let hint = (owner != stand_in).then_some(owner);
+            c.targets.push(Target { node: stand_in, hint, answered: false, replaced: false });
+            if stand_in == self.id {
+                local = Some((c.targets.len() - 1, hint));
+            }
+        }
+        let check = self.now + self.config.replica_timeout;
+        c.check = check;
+        for (_, owner, stand_in) in recruits {
+            self.event(Event::StandInRecruited { key: key.clone(), owner, stand_in });
+            if stand_in != self.id {
+                let hint = (owner != stand_in).then_some(owner);
+                let msg = Msg::Store { id: Some(id), key: key.clone(), object: object.clone(), hint };
+                self.send(stand_in, Message::Replica(msg));
+            }
+        }
+        if let Some((idx, hint)) = local {
+            let op = self.store_op(&key, self.local_copy(&key, hint).merged(&object), hint);
+            if self.commit(vec![op]) {
+                if let Some(c) = self.coords.get_mut(&id) {
+                    c.targets[idx].answered = true;
+                }
+            }
+        }
+        self.set_timer(check, Timer::ReplicaCheck(id));
+        self.progress(id);
+    }
+
+    pub(crate) fn deadline(&mut self, id: ReqId) {
+        let Some(c) = self.coords.get(&id) else { return };
+        if !c.replied {
+            let (origin, key) = (c.origin, c.key.clone());
+            let e = RequestError::QuorumNotReached { got: c.answered(), need: c.need };
+            if let Some(c) = self.coords.get_mut(&id) {
+                c.replied = true;
+            }
+            self.finish(origin, key, Err(e));
+        }
+        self.complete(id);
+    }
+
+    pub(crate) fn purge_due(&mut self, id: ReqId) {
+        let Some(p) = self.purges.remove(&id) else { return };
+        for node in p.primaries {
+            if node == self.id {
+                self.purge_local(p.key.clone(), &p.context);
+            } else {
+                let msg = Msg::Purge { key: p.key.clone(), context: p.context.clone() };
+                self.send(node, Message::Replica(msg));
+            }
+        }
+    }
+
+    fn purge_local(&mut self, key: Bytes, context: &VersionVector) {
+        let Some(obj) = self.storage.object(&key) else { return };
+        if obj.is_deleted() && obj.context() == context {
+            let mut ops = self.raise_epoch_floor();
+            ops.push(Op::DeleteObject { key: key.clone() });
+            if self.commit(ops) {
+                self.event(Event::TombstonePurged { key });
+            }
+        }
+    }
+
+    pub(crate) fn handle_replica_msg(&mut self, from: NodeId, msg: Msg) {
+        match msg {
+            Msg::Forward { id, op } => self.handle_client(Origin::Remote(from, id), op),
+            Msg::ForwardReply { id, result } => {
+                if let Some(f) = self.forwards.remove(&id) {
+                    self.cancel_timer(f.deadline, Timer::ForwardDeadline(id));
+                    self.emit(Output::Reply { req: f.req, result });
+                }
+            }
+            Msg::Store { id, key, object, hint } => self.handle_store(from, id, key, object, hint),
+            Msg::StoreAck { id } => {
+                if let Some(c) = self.coords.get_mut(&id) {
+                    if let Some(t) = c.targets.iter_mut().find(|t| t.node == from && !t.answered) {
+                        t.answered = true;
+                    }
+                    self.progress(id);
+                }
+            }
+            Msg::Fetch { id, key } => {
+                let mut object = self.storage.object(&key).unwrap_or_default();
+                // A stand-in answers with what it holds for anyone.
+                for owner in self.storage.hint_owners() {
+                    if let Some(h) = self.storage.hint(owner, &key) {
+                        object.merge(&h.object);
+                    }
+                }
+                self.send(from, Message::Replica(Msg::FetchReply { id, object }));
+            }
+            Msg::FetchReply { id, object } => {
+                if let Some(c) = self.coords.get_mut(&id) {
+                    if let Some(t) = c.targets.iter_mut().find(|t| t.node == from && !t.answered) {
+                        t.answered = true;
+                        let hint = t.hint;
+                        if let Phase::Read { replies } = &mut c.phase {
+                            replies.push((from, hint, object));
+                        }
+                    }
+                    self.progress(id);
+                }
+            }
+            Msg::Purge { key, context } => self.purge_local(key, &context),
+        }
+    }
+
+    fn handle_store(
+        &mut self,
+        from: NodeId,
+        id: Option<ReqId>,
+        key: Bytes,
+        object: Object,
+        hint: Option<NodeId>,
+    ) {
+        let hint = hint.filter(|&o| o != self.id);
+        let mut merged = self.local_copy(&key, hint);
+        let changed = merged.merge(&object);
+        if let Some(owner) = hint {
+            let (count, bytes) = self.storage.hint_usage(owner);
+            let existing = self.storage.hint(owner, &key);
+            let old_bytes = existing.as_ref().map_or(0, |h| h.object.value_bytes());
+            let new_count = count + usize::from(existing.is_none());
+            if new_count > self.config.max_hints_per_owner
+                || bytes - old_bytes + merged.value_bytes() > self.config.max_hint_bytes_per_owner
+            {
+                // Not stored, so not acked: the coordinator recruits someone else.
+                self.event(Event::HintRefused { owner, key });
+                return;
+            }
+        }
+        if changed {
+            let op = self.store_op(&key, merged.clone(), hint);
+            if !self.commit(vec![op]) {
+                return;
+            }
+            self.stored_event(&key, &merged, hint);
+        }
+        if let Some(id) = id {
+            self.send(from, Message::Replica(Msg::StoreAck { id }));
+        }
+    }
+}
+
+fn merge_all(replies: &[(NodeId, Option<NodeId>, Object)]) -> Object {
+    let mut merged = Object::new();
+    for (_, _, o) in replies {
+        merged.merge(o);
+    }
+    merged
+}

@@ -1,0 +1,741 @@
+//! A deterministic, seeded cluster simulator.
+//!
+//! A [`World`] owns every node, a virtual clock and one event queue. Nothing in it
+//! reads a clock or an OS RNG: given the same [`SimConfig`] and the same actions at
+//! the same virtual times, it produces the same trace — byte for byte, natively and
+//! in WASM — and [`World::trace_hash`] fingerprints it (FNV-1a over the postcard
+//! encoding of every trace record). Crashing a node drops its volatile state and
+//! keeps its [`MemStorage`]; wiping replaces the storage with an empty one.
+//!
+//! It exposes what the UI draws: nodes, the ring, messages in flight with their send
+//! and delivery times, recently dropped messages, hints and versions.
+
+pub mod netem;
+
+use crate::config::Config;
+use crate::id::{ClientReq, NodeId};
+use crate::message::{Admin, ClientOp, ClientReply, Event, Input, Message, MessageKind, Output, RequestError};
+use crate::node::Node;
+use crate::ring::Ring;
+use crate::store::{MemStorage, Storage};
+use crate::time::{Dur, Time};
+use crate::version::Object;
+use bytes::Bytes;
+pub use netem::{Fate, NetConfig, Netem};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+/// One simulated node's static description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Zone label.
+    pub zone: String,
+}
+
+/// Everything needed to build a world.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// Master seed.
+    pub seed: u64,
+    /// Nodes, named A, B, … in order.
+    pub nodes: Vec<NodeSpec>,
+    /// Protocol configuration.
+    pub config: Config,
+    /// Network behaviour.
+    pub net: NetConfig,
+}
+
+impl SimConfig {
+    /// `count` nodes in zones z1..z`zones` (round robin), demo timers.
+    pub fn new(seed: u64, count: usize, zones: usize) -> Self {
+        SimConfig {
+            seed,
+            nodes: (0..count)
+                .map(|i| NodeSpec { zone: format!("z{}", i % zones.max(1) + 1) })
+                .collect(),
+            config: Config::demo(),
+            net: NetConfig::default(),
+        }
+    }
+}
+
+/// Something a user (or a test, or the UI) does to the world.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Stop a node; volatile state is lost, storage kept.
+    Crash(NodeId),
+    /// Start a crashed node again on its storage.
+    Restart(NodeId),
+    /// Replace a node's storage with an empty one (crashes it first if running).
+    Wipe(NodeId),
+    /// Cut links between groups, both ways.
+    Partition(Vec<Vec<NodeId>>),
+    /// Cut one node off from everyone.
+    Isolate(NodeId),
+    /// Cut `from → to` only.
+    Block {
+        /// Sender side.
+        from: NodeId,
+        /// Receiver side.
+        to: NodeId,
+    },
+    /// Remove every cut.
+    Heal,
+    /// Change latency / loss / duplication.
+    SetNet(NetConfig),
+    /// A client request submitted to `node`.
+    Client {
+        /// The node the client talks to.
+        node: NodeId,
+        /// The request.
+        op: ClientOp,
+    },
+    /// Drop one message in flight.
+    DropMessage(u64),
+}
+
+/// A message on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// Unique per world.
+    pub id: u64,
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// Sent at.
+    pub sent: Time,
+    /// Due at.
+    pub deliver: Time,
+    /// The message.
+    pub msg: Message,
+}
+
+/// Why a message did not arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DropReason {
+    /// Random loss.
+    Loss,
+    /// A partition or block.
+    Cut,
+    /// The receiver was down.
+    NodeDown,
+    /// Dropped by hand.
+    Manual,
+}
+
+/// A message that did not arrive (for the UI to fade out).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// Message id.
+    pub id: u64,
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// Kind.
+    pub kind: MessageKind,
+    /// When it was sent.
+    pub sent: Time,
+    /// When it was dropped.
+    pub at: Time,
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// One line of the trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// `to` received a message.
+    Deliver {
+        /// Message id.
+        id: u64,
+        /// Sender.
+        from: NodeId,
+        /// Receiver.
+        to: NodeId,
+        /// Payload.
+        msg: Message,
+    },
+    /// A node emitted an event.
+    Event {
+        /// Emitting node.
+        node: NodeId,
+        /// Event.
+        event: Event,
+    },
+    /// A client got its answer.
+    Reply {
+        /// Node that answered.
+        node: NodeId,
+        /// Request.
+        req: ClientReq,
+        /// Outcome.
+        result: Result<ClientReply, RequestError>,
+    },
+    /// A message was dropped.
+    Drop(Dropped),
+    /// An action was applied.
+    Action(Action),
+}
+
+/// A trace line with its time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEntry {
+    /// Virtual time.
+    pub at: Time,
+    /// What happened.
+    pub record: Record,
+}
+
+/// A client request and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// Node asked.
+    pub node: NodeId,
+    /// Request.
+    pub op: ClientOp,
+    /// Submitted at.
+    pub issued: Time,
+    /// Answered at, with the outcome (a request to a down node fails at once).
+    pub done: Option<(Time, Result<ClientReply, RequestError>)>,
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages dropped.
+    pub dropped: u64,
+    /// Encoded bytes sent (postcard).
+    pub bytes: u64,
+    /// Events emitted.
+    pub events: u64,
+}
+
+#[derive(Debug)]
+enum What {
+    Deliver(InFlight),
+    Wake(NodeId, u32),
+    Act(Action),
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    what: What,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Slot {
+    node: Option<Node<MemStorage>>,
+    /// Storage of a crashed node.
+    disk: Option<MemStorage>,
+    incarnation: u32,
+    next_wake: Option<Time>,
+}
+
+/// The simulated cluster.
+pub struct World {
+    cfg: SimConfig,
+    now: Time,
+    rng: ChaCha8Rng,
+    net: Netem,
+    ring: Ring,
+    slots: Vec<Slot>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    next_msg: u64,
+    next_req: u64,
+    clients: BTreeMap<ClientReq, ClientRecord>,
+    hash: u64,
+    buf: Vec<u8>,
+    trace: Option<Vec<TraceEntry>>,
+    drops: VecDeque<Dropped>,
+    stats: Stats,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+impl World {
+    /// Builds the cluster: every node up, the ring claimed over all of them.
+    pub fn new(cfg: SimConfig) -> Result<World, String> {
+        cfg.config.validate().map_err(|e| e.to_string())?;
+        if cfg.nodes.is_empty() {
+            return Err("a world needs at least one node".into());
+        }
+        let members: Vec<(NodeId, String)> = cfg
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (NodeId(i as u32), s.zone.clone()))
+            .collect();
+        let ring = Ring::new(cfg.config.partitions, cfg.config.n, &members).map_err(|e| e.to_string())?;
+        let mut w = World {
+            now: Time::ZERO,
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            net: Netem::new(cfg.net.clone()),
+            ring,
+            slots: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            next_msg: 1,
+            next_req: 1,
+            clients: BTreeMap::new(),
+            hash: FNV_OFFSET,
+            buf: Vec::new(),
+            trace: None,
+            drops: VecDeque::new(),
+            stats: Stats::default(),
+            cfg,
+        };
+        for i in 0..w.cfg.nodes.len() {
+            w.slots.push(Slot { node: None, disk: Some(MemStorage::new()), incarnation: 0, next_wake: None });
+            w.start(NodeId(i as u32));
+        }
+        Ok(w)
+    }
+
+    /// Keeps every trace record in memory (for the UI and for printing).
+    pub fn record_trace(&mut self, on: bool) {
+        self.trace = on.then(Vec::new);
+    }
+
+    /// The recorded trace (empty unless [`World::record_trace`] is on).
+    pub fn trace(&self) -> &[TraceEntry] {
+        self.trace.as_deref().unwrap_or(&[])
+    }
+
+    /// Takes the recorded trace, leaving recording on.
+    pub fn take_trace(&mut self) -> Vec<TraceEntry> {
+        match &mut self.trace {
+            Some(t) => std::mem::take(t),
+            None => Vec::new(),
+        }
+    }
+
+    /// Fingerprint of everything that happened so far.
+    pub fn trace_hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Virtual now.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The configuration the world was built with.
+    pub fn sim_config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The cluster's ring (as installed on every node).
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Number of nodes (up or down).
+    pub fn node_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// A running node.
+    pub fn node(&self, id: NodeId) -> Option<&Node<MemStorage>> {
+        self.slots.get(id.0 as usize)?.node.as_ref()
+    }
+
+    /// Whether `id` is running.
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.node(id).is_some()
+    }
+
+    /// A node's storage, running or crashed.
+    pub fn storage(&self, id: NodeId) -> Option<&MemStorage> {
+        let s = self.slots.get(id.0 as usize)?;
+        s.node.as_ref().map(Node::storage).or(s.disk.as_ref())
+    }
+
+    /// Nodes whose own storage holds `key`, with their copies.
+    pub fn replicas(&self, key: &[u8]) -> Vec<(NodeId, Object)> {
+        (0..self.slots.len())
+            .filter_map(|i| {
+                let id = NodeId(i as u32);
+                self.storage(id)?.object(key).map(|o| (id, o))
+            })
+            .collect()
+    }
+
+    /// Every hint in the cluster as (holder, owner, key).
+    pub fn hints(&self) -> Vec<(NodeId, NodeId, Bytes)> {
+        (0..self.slots.len())
+            .flat_map(|i| {
+                let id = NodeId(i as u32);
+                self.storage(id)
+                    .map(|s| s.all_hints())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |(o, k)| (id, o, k))
+            })
+            .collect()
+    }
+
+    /// Messages on the wire, in delivery order.
+    pub fn in_flight(&self) -> Vec<&InFlight> {
+        let mut v: Vec<(&Scheduled, &InFlight)> = self
+            .queue
+            .iter()
+            .filter_map(|Reverse(s)| match &s.what {
+                What::Deliver(m) => Some((s, m)),
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|(s, _)| (s.at, s.seq));
+        v.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Recently dropped messages (the last 256).
+    pub fn recent_drops(&self) -> impl Iterator<Item = &Dropped> {
+        self.drops.iter()
+    }
+
+    /// Every client request so far.
+    pub fn clients(&self) -> &BTreeMap<ClientReq, ClientRecord> {
+        &self.clients
+    }
+
+    /// One client request.
+    pub fn client(&self, req: ClientReq) -> Option<&ClientRecord> {
+        self.clients.get(&req)
+    }
+
+    /// Submits a client request to `node` now; returns its number.
+    pub fn submit(&mut self, node: NodeId, op: ClientOp) -> ClientReq {
+        let req = ClientReq(self.next_req);
+        self.next_req += 1;
+        self.record(Record::Action(Action::Client { node, op: op.clone() }));
+        self.clients.insert(req, ClientRecord { node, op: op.clone(), issued: self.now, done: None });
+        if self.is_up(node) {
+            self.feed(node, Input::Client { req, op });
+        } else {
+            let r = Err(RequestError::QuorumNotReached { got: 0, need: 1 });
+            self.clients.get_mut(&req).expect("just inserted").done = Some((self.now, r));
+        }
+        req
+    }
+
+    /// Applies an action now.
+    pub fn apply(&mut self, action: Action) {
+        if let Action::Client { node, op } = action {
+            self.submit(node, op);
+            return;
+        }
+        self.record(Record::Action(action.clone()));
+        match action {
+            Action::Crash(id) => self.crash(id),
+            Action::Restart(id) => {
+                if self.slot(id).is_some_and(|s| s.node.is_none()) {
+                    self.start(id);
+                }
+            }
+            Action::Wipe(id) => {
+                self.crash(id);
+                if let Some(s) = self.slots.get_mut(id.0 as usize) {
+                    s.disk = Some(MemStorage::new());
+                }
+            }
+            Action::Partition(groups) => self.net.partition(&groups),
+            Action::Isolate(id) => {
+                let all: Vec<NodeId> = (0..self.slots.len() as u32).map(NodeId).collect();
+                self.net.isolate(id, all)
+            }
+            Action::Block { from, to } => self.net.block(from, to),
+            Action::Heal => self.net.heal(),
+            Action::SetNet(c) => self.net.config = c,
+            Action::DropMessage(id) => self.drop_in_flight(id),
+            Action::Client { .. } => unreachable!("handled above"),
+        }
+    }
+
+    /// Schedules an action at a later virtual time.
+    pub fn schedule(&mut self, at: Time, action: Action) {
+        self.push(at.max(self.now), What::Act(action));
+    }
+
+    /// Processes the next event; false when nothing is left to do.
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse(s)) = self.queue.pop() else { return false };
+        self.now = self.now.max(s.at);
+        match s.what {
+            What::Deliver(m) => self.deliver(m),
+            What::Wake(id, inc) => {
+                let idx = id.0 as usize;
+                if self.slots[idx].incarnation == inc && self.slots[idx].node.is_some() {
+                    self.slots[idx].next_wake = None;
+                    let due = self.slots[idx].node.as_ref().and_then(Node::poll_timeout);
+                    if due.is_some_and(|t| t <= self.now) {
+                        self.feed(id, Input::Timeout);
+                    } else {
+                        self.rearm(id);
+                    }
+                }
+            }
+            What::Act(a) => self.apply(a),
+        }
+        true
+    }
+
+    /// Runs every event due up to and including `t`, then sets the clock to `t`.
+    pub fn run_until(&mut self, t: Time) {
+        while self.queue.peek().is_some_and(|Reverse(s)| s.at <= t) {
+            self.step();
+        }
+        self.now = self.now.max(t);
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Dur) {
+        let t = self.now + d;
+        self.run_until(t);
+    }
+
+    /// Runs until `req` is answered or `limit` passes; returns its outcome.
+    pub fn run_until_done(&mut self, req: ClientReq, limit: Dur) -> Option<Result<ClientReply, RequestError>> {
+        let end = self.now + limit;
+        while self.clients.get(&req).is_some_and(|c| c.done.is_none()) {
+            if !self.queue.peek().is_some_and(|Reverse(s)| s.at <= end) {
+                break;
+            }
+            self.step();
+        }
+        self.clients.get(&req)?.done.as_ref().map(|(_, r)| r.clone())
+    }
+
+    /// Time of the next queued event.
+    pub fn next_event_time(&self) -> Option<Time> {
+        self.queue.peek().map(|Reverse(s)| s.at)
+    }
+
+    fn slot(&self, id: NodeId) -> Option<&Slot> {
+        self.slots.get(id.0 as usize)
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let idx = id.0 as usize;
+        let inc = self.slots[idx].incarnation + 1;
+        let disk = self.slots[idx].disk.take().unwrap_or_default();
+        let seed = splitmix(self.cfg.seed ^ (u64::from(id.0) << 32) ^ u64::from(inc));
+        let node = Node::new(id, self.cfg.config.clone(), None, disk, seed, self.now);
+        let slot = &mut self.slots[idx];
+        slot.node = Some(node);
+        slot.incarnation = inc;
+        slot.next_wake = None;
+        // Install the ring through the admin input, as a real operator would.
+        self.feed(id, Input::Admin(Admin::SetRing(self.ring.clone())));
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        if let Some(s) = self.slots.get_mut(id.0 as usize) {
+            if let Some(node) = s.node.take() {
+                s.disk = Some(node.into_storage());
+                s.next_wake = None;
+            }
+        }
+    }
+
+    fn drop_in_flight(&mut self, id: u64) {
+        let items = std::mem::take(&mut self.queue).into_vec();
+        let mut dropped = None;
+        let kept: Vec<Reverse<Scheduled>> = items
+            .into_iter()
+            .filter(|Reverse(s)| match &s.what {
+                What::Deliver(m) if m.id == id && dropped.is_none() => {
+                    dropped = Some((m.from, m.to, m.msg.kind(), m.sent));
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        self.queue = BinaryHeap::from(kept);
+        if let Some((from, to, kind, sent)) = dropped {
+            self.dropped(Dropped { id, from, to, kind, sent, at: self.now, reason: DropReason::Manual });
+        }
+    }
+
+    fn deliver(&mut self, m: InFlight) {
+        let reason = if !self.net.connected(m.from, m.to) {
+            Some(DropReason::Cut)
+        } else if !self.is_up(m.to) {
+            Some(DropReason::NodeDown)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let kind = m.msg.kind();
+            self.dropped(Dropped { id: m.id, from: m.from, to: m.to, kind, sent: m.sent, at: self.now, reason });
+            return;
+        }
+        self.stats.delivered += 1;
+        let (from, to) = (m.from, m.to);
+        let id = m.id;
+        if self.trace.is_some() {
+            self.record(Record::Deliver { id, from, to, msg: m.msg.clone() });
+        } else {
+            // Hash without cloning: the same bytes `record` would hash.
+            self.hash_delivery(id, from, to, &m.msg);
+        }
+        self.feed(to, Input::Message { from, msg: m.msg });
+    }
+
+    fn hash_delivery(&mut self, id: u64, from: NodeId, to: NodeId, msg: &Message) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.extend_from_slice(&self.now.0.to_le_bytes());
+        buf.push(0); // Record::Deliver's variant index
+        buf.extend_from_slice(&id.to_le_bytes());
+        buf.extend_from_slice(&from.0.to_le_bytes());
+        buf.extend_from_slice(&to.0.to_le_bytes());
+        let buf = postcard::to_extend(msg, buf).unwrap_or_default();
+        self.hash = fnv(self.hash, &buf);
+        self.buf = buf;
+    }
+
+    fn dropped(&mut self, d: Dropped) {
+        self.stats.dropped += 1;
+        self.record(Record::Drop(d.clone()));
+        if self.drops.len() == 256 {
+            self.drops.pop_front();
+        }
+        self.drops.push_back(d);
+    }
+
+    /// Hashes a record (and keeps it when recording).
+    fn record(&mut self, record: Record) {
+        if let Record::Deliver { id, from, to, msg } = &record {
+            let (id, from, to) = (*id, *from, *to);
+            self.hash_delivery(id, from, to, msg);
+        } else {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            buf.extend_from_slice(&self.now.0.to_le_bytes());
+            let buf = postcard::to_extend(&record, buf).unwrap_or_default();
+            self.hash = fnv(self.hash, &buf);
+            self.buf = buf;
+        }
+        if let Some(t) = &mut self.trace {
+            t.push(TraceEntry { at: self.now, record });
+        }
+    }
+
+    /// Hands `input` to node `id` and routes everything it outputs.
+    fn feed(&mut self, id: NodeId, input: Input) {
+        let idx = id.0 as usize;
+        let Some(node) = self.slots[idx].node.as_mut() else { return };
+        node.handle_input(self.now, input);
+        while let Some(out) = self.slots[idx].node.as_mut().and_then(Node::poll_output) {
+            match out {
+                Output::Send { to, msg } => self.send(id, to, msg),
+                Output::Reply { req, result } => {
+                    self.record(Record::Reply { node: id, req, result: result.clone() });
+                    if let Some(c) = self.clients.get_mut(&req) {
+                        c.done = Some((self.now, result));
+                    }
+                }
+                Output::Event(event) => {
+                    self.stats.events += 1;
+                    self.record(Record::Event { node: id, event });
+                }
+            }
+        }
+        self.rearm(id);
+    }
+
+    fn rearm(&mut self, id: NodeId) {
+        let idx = id.0 as usize;
+        let Some(due) = self.slots[idx].node.as_ref().and_then(Node::poll_timeout) else { return };
+        let slot = &self.slots[idx];
+        if slot.next_wake.is_none_or(|w| due < w) {
+            let inc = slot.incarnation;
+            self.slots[idx].next_wake = Some(due);
+            let at = due.max(self.now);
+            self.push(at, What::Wake(id, inc));
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        self.stats.sent += 1;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let buf = postcard::to_extend(&msg, buf).unwrap_or_default();
+        self.stats.bytes += buf.len() as u64;
+        self.buf = buf;
+        let id = self.next_msg;
+        self.next_msg += 1;
+        match self.net.fate(&mut self.rng) {
+            Fate::Lost => {
+                let kind = msg.kind();
+                self.dropped(Dropped { id, from, to, kind, sent: self.now, at: self.now, reason: DropReason::Loss });
+            }
+            Fate::Deliver(lat) => {
+                let last = lat.len() - 1;
+                let mut msg = Some(msg);
+                for (i, d) in lat.into_iter().enumerate() {
+                    let m = if i == last { msg.take().expect("one left") } else { msg.clone().expect("kept") };
+                    let at = self.now + d;
+                    let f = InFlight { id, from, to, sent: self.now, deliver: at, msg: m };
+                    self.push(at, What::Deliver(f));
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, at: Time, what: What) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at, seq: self.seq, what }));
+    }
+}
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+/// SplitMix64: derives independent per-node seeds from the master seed.
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
