@@ -91,7 +91,11 @@ impl Config {
         }
         for (name, v) in [("r", self.r), ("w", self.w)] {
             if v == 0 || v > self.n {
-                return Err(ConfigError::Quorum { name, value: v, n: self.n });
+                return Err(ConfigError::Quorum {
+                    name,
+                    value: v,
+                    n: self.n,
+                });
             }
         }
         if !self.partitions.is_power_of_two() || self.partitions > 4096 {
@@ -127,7 +131,9 @@ pub enum ConfigError {
     #[error("partitions must be a power of two between 1 and 4096, got {0}")]
     Partitions(u32),
     /// Grace too short.
-    #[error("tombstone_grace must exceed hint_window, or a late hint could resurrect a deleted value")]
+    #[error(
+        "tombstone_grace must exceed hint_window, or a late hint could resurrect a deleted value"
+    )]
     TombstoneGrace,
     /// A count that must be positive is zero.
     #[error("hint_batch and max_siblings must be positive")]
@@ -146,12 +152,18 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let c = Config { w: 4, ..Config::default() };
+        let c = Config {
+            w: 4,
+            ..Config::default()
+        };
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "w must be between 1 and n=3, got 4"
         );
-        let c = Config { partitions: 48, ..Config::default() };
+        let c = Config {
+            partitions: 48,
+            ..Config::default()
+        };
         assert!(matches!(c.validate(), Err(ConfigError::Partitions(48))));
     }
 }

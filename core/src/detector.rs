@@ -170,9 +170,14 @@ mod tests {
             n += 1;
             n
         };
-        assert_eq!(d.probe_round([b], Time(0), Dur(100), 2, &mut next, &mut ch), vec![(b, 1)]);
+        assert_eq!(
+            d.probe_round([b], Time(0), Dur(100), 2, &mut next, &mut ch),
+            vec![(b, 1)]
+        );
         // Too early to count a miss: no new probe either.
-        assert!(d.probe_round([b], Time(50), Dur(100), 2, &mut next, &mut ch).is_empty());
+        assert!(d
+            .probe_round([b], Time(50), Dur(100), 2, &mut next, &mut ch)
+            .is_empty());
         d.probe_round([b], Time(100), Dur(100), 2, &mut next, &mut ch);
         assert!(ch.is_empty() && d.is_reachable(b));
         d.probe_round([b], Time(200), Dur(100), 2, &mut next, &mut ch);

@@ -66,7 +66,10 @@ impl<S: Storage> Node<S> {
         }
         let ops = expired
             .iter()
-            .map(|key| Op::DeleteHint { owner, key: key.clone() })
+            .map(|key| Op::DeleteHint {
+                owner,
+                key: key.clone(),
+            })
             .collect();
         if self.commit(ops) {
             for key in expired {
@@ -98,8 +101,17 @@ impl<S: Storage> Node<S> {
             return;
         }
         let batch = self.handoffs.get(&owner).map_or(1, |f| f.batch + 1);
-        self.handoffs.insert(owner, InFlight { batch, sent: self.now });
-        self.event(Event::HandoffStarted { owner, hints: items.len() });
+        self.handoffs.insert(
+            owner,
+            InFlight {
+                batch,
+                sent: self.now,
+            },
+        );
+        self.event(Event::HandoffStarted {
+            owner,
+            hints: items.len(),
+        });
         self.send(owner, Message::Handoff(Msg::Deliver { batch, items }));
     }
 
@@ -111,15 +123,27 @@ impl<S: Storage> Node<S> {
                 for (key, object) in items {
                     let mut mine = self.storage.object(&key).unwrap_or_default();
                     if mine.merge(&object) {
-                        ops.push(Op::PutObject { key: key.clone(), object: mine });
+                        ops.push(Op::PutObject {
+                            key: key.clone(),
+                            object: mine,
+                        });
                     }
                     acked.push((key, object.context().clone()));
                 }
                 if !self.commit(ops) {
                     return;
                 }
-                self.event(Event::HandoffReceived { from, keys: acked.len() });
-                self.send(from, Message::Handoff(Msg::Ack { batch, items: acked }));
+                self.event(Event::HandoffReceived {
+                    from,
+                    keys: acked.len(),
+                });
+                self.send(
+                    from,
+                    Message::Handoff(Msg::Ack {
+                        batch,
+                        items: acked,
+                    }),
+                );
             }
             Msg::Ack { batch, items } => {
                 if self.handoffs.get(&from).is_some_and(|f| f.batch == batch) {
@@ -131,7 +155,10 @@ impl<S: Storage> Node<S> {
                     // Keep a hint that changed after the batch was sent.
                     if let Some(h) = self.storage.hint(from, &key) {
                         if ctx.descends(h.object.context()) {
-                            ops.push(Op::DeleteHint { owner: from, key: key.clone() });
+                            ops.push(Op::DeleteHint {
+                                owner: from,
+                                key: key.clone(),
+                            });
                             delivered.push(key);
                         }
                     }

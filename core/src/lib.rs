@@ -64,7 +64,9 @@ pub mod version;
 
 pub use config::Config;
 pub use id::{ClientReq, NodeId, ReqId};
-pub use message::{Admin, ClientOp, ClientReply, Event, Input, Message, MessageKind, Output, RequestError};
+pub use message::{
+    Admin, ClientOp, ClientReply, Event, Input, Message, MessageKind, Output, RequestError,
+};
 pub use node::Node;
 pub use ring::{Partition, Ring};
 pub use store::{MemStorage, Storage};

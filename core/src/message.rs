@@ -146,9 +146,9 @@ impl ClientOp {
     /// The key the operation is about.
     pub fn key(&self) -> &Bytes {
         match self {
-            ClientOp::Put { key, .. } | ClientOp::Get { key, .. } | ClientOp::Delete { key, .. } => {
-                key
-            }
+            ClientOp::Put { key, .. }
+            | ClientOp::Get { key, .. }
+            | ClientOp::Delete { key, .. } => key,
         }
     }
 }

@@ -229,7 +229,11 @@ impl<S: Storage> Node<S> {
 
     fn probe_tick(&mut self) {
         let peers: Vec<NodeId> = match &self.ring {
-            Some(r) => r.members().map(|(id, _)| id).filter(|&p| p != self.id).collect(),
+            Some(r) => r
+                .members()
+                .map(|(id, _)| id)
+                .filter(|&p| p != self.id)
+                .collect(),
             None => Vec::new(),
         };
         let mut changes = Vec::new();
@@ -264,7 +268,11 @@ impl<S: Storage> Node<S> {
     }
 
     fn install_ring(&mut self, ring: Ring) {
-        if self.ring.as_ref().is_some_and(|r| r.version() >= ring.version()) {
+        if self
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.version() >= ring.version())
+        {
             return;
         }
         let encoded = postcard::to_allocvec(&ring).unwrap_or_default();

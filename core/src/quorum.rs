@@ -140,8 +140,17 @@ pub(crate) struct Coord {
 }
 
 impl Coord {
+    /// Answers counted by owner slot: a stand-in and the target it replaced hold
+    /// one copy between them once the hint is handed off, so they count once.
+    /// W acks therefore mean W distinct primaries will hold the write.
     fn answered(&self) -> usize {
-        self.targets.iter().filter(|t| t.answered).count()
+        let slots: std::collections::BTreeSet<NodeId> = self
+            .targets
+            .iter()
+            .filter(|t| t.answered)
+            .map(|t| t.hint.unwrap_or(t.node))
+            .collect();
+        slots.len()
     }
     fn answered_by(&self) -> Vec<NodeId> {
         self.targets
@@ -180,7 +189,12 @@ impl<S: Storage> Node<S> {
         let primaries = ring.primaries(p);
         for &node in primaries {
             if self.healthy(node) {
-                targets.push(Target { node, hint: None, answered: false, replaced: false });
+                targets.push(Target {
+                    node,
+                    hint: None,
+                    answered: false,
+                    replaced: false,
+                });
             } else {
                 missing.push_back(node);
             }
@@ -192,7 +206,12 @@ impl<S: Storage> Node<S> {
                 }
                 if self.healthy(node) {
                     let hint = missing.pop_front();
-                    targets.push(Target { node, hint, answered: false, replaced: false });
+                    targets.push(Target {
+                        node,
+                        hint,
+                        answered: false,
+                        replaced: false,
+                    });
                 }
             }
         }
@@ -203,10 +222,16 @@ impl<S: Storage> Node<S> {
         let n = self.config.n;
         let (need, name) = match &op {
             ClientOp::Get { r, .. } => (r.unwrap_or(self.config.r), "r"),
-            ClientOp::Put { w, .. } | ClientOp::Delete { w, .. } => (w.unwrap_or(self.config.w), "w"),
+            ClientOp::Put { w, .. } | ClientOp::Delete { w, .. } => {
+                (w.unwrap_or(self.config.w), "w")
+            }
         };
         if need == 0 || need > n {
-            let e = RequestError::InvalidQuorum { name: name.into(), value: need, n };
+            let e = RequestError::InvalidQuorum {
+                name: name.into(),
+                value: need,
+                n,
+            };
             return self.finish(origin, op.key().clone(), Err(e));
         }
         let Some(ring) = &self.ring else {
@@ -215,7 +240,10 @@ impl<S: Storage> Node<S> {
         let partition = ring.partition_of(op.key());
         let targets = self.targets(partition);
         if targets.len() < need {
-            let e = RequestError::Unavailable { available: targets.len(), need };
+            let e = RequestError::Unavailable {
+                available: targets.len(),
+                need,
+            };
             return self.finish(origin, op.key().clone(), Err(e));
         }
         let is_target = targets.iter().any(|t| t.node == self.id);
@@ -226,9 +254,12 @@ impl<S: Storage> Node<S> {
             {
                 self.forward(origin, op, need, targets[0].node)
             }
-            ClientOp::Put { key, value, context, .. } => {
-                self.start_write(origin, key, Some(value), context, partition, need, targets)
-            }
+            ClientOp::Put {
+                key,
+                value,
+                context,
+                ..
+            } => self.start_write(origin, key, Some(value), context, partition, need, targets),
             ClientOp::Delete { key, context, .. } => {
                 self.start_write(origin, key, None, context, partition, need, targets)
             }
@@ -241,7 +272,12 @@ impl<S: Storage> Node<S> {
         let deadline = self.now + self.config.request_timeout + self.config.replica_timeout;
         self.forwards.insert(
             id,
-            Forwarded { req, key: op.key().clone(), need, deadline },
+            Forwarded {
+                req,
+                key: op.key().clone(),
+                need,
+                deadline,
+            },
         );
         self.set_timer(deadline, Timer::ForwardDeadline(id));
         self.event(Event::Forwarded { req, to });
@@ -250,7 +286,10 @@ impl<S: Storage> Node<S> {
 
     pub(crate) fn forward_deadline(&mut self, id: ReqId) {
         if let Some(f) = self.forwards.remove(&id) {
-            let e = RequestError::QuorumNotReached { got: 0, need: f.need };
+            let e = RequestError::QuorumNotReached {
+                got: 0,
+                need: f.need,
+            };
             self.finish(Origin::Local(f.req), f.key, Err(e));
         }
     }
@@ -281,7 +320,10 @@ impl<S: Storage> Node<S> {
         };
         let would_have = local.siblings_after_write(&ctx);
         if would_have > self.config.max_siblings {
-            let e = RequestError::TooManySiblings { would_have, limit: self.config.max_siblings };
+            let e = RequestError::TooManySiblings {
+                would_have,
+                limit: self.config.max_siblings,
+            };
             return self.finish(origin, key, Err(e));
         }
         let mut ops = Vec::with_capacity(2);
@@ -302,13 +344,24 @@ impl<S: Storage> Node<S> {
                 e
             }
         };
-        let dot = local.write(Actor { node: self.id, epoch }, &ctx, value);
+        let dot = local.write(
+            Actor {
+                node: self.id,
+                epoch,
+            },
+            &ctx,
+            value,
+        );
         if let Some(i) = me {
             ops.push(self.store_op(&key, local.clone(), my_hint));
             targets[i].answered = true;
         }
         if !self.commit(ops) {
-            return self.finish(origin, key, Err(RequestError::Storage("local commit failed".into())));
+            return self.finish(
+                origin,
+                key,
+                Err(RequestError::Storage("local commit failed".into())),
+            );
         }
         let id = self.next_req();
         let op = if local.is_deleted() { "delete" } else { "put" };
@@ -323,7 +376,12 @@ impl<S: Storage> Node<S> {
         }
         let me_id = self.id;
         for t in targets.iter().filter(|t| t.node != me_id) {
-            let msg = Msg::Store { id: Some(id), key: key.clone(), object: local.clone(), hint: t.hint };
+            let msg = Msg::Store {
+                id: Some(id),
+                key: key.clone(),
+                object: local.clone(),
+                hint: t.hint,
+            };
             self.send(t.node, Message::Replica(msg));
         }
         let deadline = self.now + self.config.request_timeout;
@@ -366,7 +424,10 @@ impl<S: Storage> Node<S> {
                 t.answered = true;
                 replies.push((t.node, t.hint, self.local_copy(&key, t.hint)));
             } else {
-                let msg = Msg::Fetch { id, key: key.clone() };
+                let msg = Msg::Fetch {
+                    id,
+                    key: key.clone(),
+                };
                 self.send(t.node, Message::Replica(msg));
             }
         }
@@ -408,18 +469,29 @@ impl<S: Storage> Node<S> {
                     .storage
                     .hint(owner, key)
                     .map_or(self.now, |h| h.stored_at);
-                Op::PutHint { owner, key: key.clone(), hint: Hint { object, stored_at } }
+                Op::PutHint {
+                    owner,
+                    key: key.clone(),
+                    hint: Hint { object, stored_at },
+                }
             }
-            _ => Op::PutObject { key: key.clone(), object },
+            _ => Op::PutObject {
+                key: key.clone(),
+                object,
+            },
         }
     }
 
     fn stored_event(&mut self, key: &Bytes, object: &Object, hint: Option<NodeId>) {
         match hint {
-            Some(owner) if owner != self.id => {
-                self.event(Event::HintStored { owner, key: key.clone() })
-            }
-            _ => self.event(Event::ReplicaStored { key: key.clone(), siblings: object.sibling_count() }),
+            Some(owner) if owner != self.id => self.event(Event::HintStored {
+                owner,
+                key: key.clone(),
+            }),
+            _ => self.event(Event::ReplicaStored {
+                key: key.clone(),
+                siblings: object.sibling_count(),
+            }),
         }
     }
 
@@ -434,7 +506,11 @@ impl<S: Storage> Node<S> {
     /// Answers the client (or the forwarding node) once.
     fn finish(&mut self, origin: Origin, key: Bytes, result: Result<ClientReply, RequestError>) {
         if let Err(error) = &result {
-            self.event(Event::RequestFailed { req: self.client_req(origin), key, error: error.clone() });
+            self.event(Event::RequestFailed {
+                req: self.client_req(origin),
+                key,
+                error: error.clone(),
+            });
         }
         match origin {
             Origin::Local(req) => self.emit(Output::Reply { req, result }),
@@ -446,7 +522,9 @@ impl<S: Storage> Node<S> {
 
     /// Replies once the quorum is met; cleans up once every target answered.
     fn progress(&mut self, id: ReqId) {
-        let Some(c) = self.coords.get(&id) else { return };
+        let Some(c) = self.coords.get(&id) else {
+            return;
+        };
         let got = c.answered();
         if !c.replied && got >= c.need {
             let result = match &c.phase {
@@ -474,10 +552,17 @@ impl<S: Storage> Node<S> {
             if let Some(c) = self.coords.get_mut(&id) {
                 c.replied = true;
             }
-            self.event(Event::QuorumMet { req: self.client_req(origin), key: key.clone(), got, need });
+            self.event(Event::QuorumMet {
+                req: self.client_req(origin),
+                key: key.clone(),
+                got,
+                need,
+            });
             self.finish(origin, key, result);
         }
-        let Some(c) = self.coords.get(&id) else { return };
+        let Some(c) = self.coords.get(&id) else {
+            return;
+        };
         if c.targets.iter().all(|t| t.answered || t.replaced) {
             self.complete(id);
         }
@@ -485,7 +570,9 @@ impl<S: Storage> Node<S> {
 
     /// Every target answered, or the deadline passed.
     fn complete(&mut self, id: ReqId) {
-        let Some(c) = self.coords.remove(&id) else { return };
+        let Some(c) = self.coords.remove(&id) else {
+            return;
+        };
         self.cancel_timer(c.deadline, Timer::Deadline(id));
         self.cancel_timer(c.check, Timer::ReplicaCheck(id));
         match c.phase {
@@ -499,14 +586,20 @@ impl<S: Storage> Node<S> {
                 let primaries = ring.primaries(c.partition).to_vec();
                 let all_primaries_acked = primaries.len() == self.config.n
                     && primaries.iter().all(|p| {
-                        c.targets.iter().any(|t| t.node == *p && t.hint.is_none() && t.answered)
+                        c.targets
+                            .iter()
+                            .any(|t| t.node == *p && t.hint.is_none() && t.answered)
                     });
                 if all_primaries_acked {
                     let pid = self.next_req();
                     let at = self.now + self.config.tombstone_grace;
                     self.purges.insert(
                         pid,
-                        PendingPurge { key: c.key, context: object.context().clone(), primaries },
+                        PendingPurge {
+                            key: c.key,
+                            context: object.context().clone(),
+                            primaries,
+                        },
                     );
                     self.set_timer(at, Timer::Purge(pid));
                 }
@@ -529,17 +622,27 @@ impl<S: Storage> Node<S> {
                 let op = self.store_op(&key, self.local_copy(&key, *hint).merged(&merged), *hint);
                 self.commit(vec![op]);
             } else {
-                let msg = Msg::Store { id: None, key: key.clone(), object: merged.clone(), hint: *hint };
+                let msg = Msg::Store {
+                    id: None,
+                    key: key.clone(),
+                    object: merged.clone(),
+                    hint: *hint,
+                };
                 self.send(*node, Message::Replica(msg));
             }
         }
         if !repaired.is_empty() {
-            self.event(Event::ReadRepair { key, replicas: repaired });
+            self.event(Event::ReadRepair {
+                key,
+                replicas: repaired,
+            });
         }
     }
 
     pub(crate) fn replica_check(&mut self, id: ReqId) {
-        let Some(c) = self.coords.get(&id) else { return };
+        let Some(c) = self.coords.get(&id) else {
+            return;
+        };
         let silent: Vec<(usize, NodeId, Option<NodeId>)> = c
             .targets
             .iter()
@@ -559,14 +662,19 @@ impl<S: Storage> Node<S> {
             return;
         }
         // Recruit a stand-in for each silent target, so the write still lands on N nodes.
-        let Some(c) = self.coords.get(&id) else { return };
+        let Some(c) = self.coords.get(&id) else {
+            return;
+        };
         let Some(ring) = &self.ring else { return };
         let mut used: Vec<NodeId> = c.targets.iter().map(|t| t.node).collect();
         let walk: Vec<NodeId> = ring.preference_walk(partition).collect();
         let mut recruits = Vec::new();
         for (i, node, hint) in silent {
             let owner = hint.unwrap_or(node);
-            if let Some(&stand_in) = walk.iter().find(|&&s| !used.contains(&s) && self.healthy(s)) {
+            if let Some(&stand_in) = walk
+                .iter()
+                .find(|&&s| !used.contains(&s) && self.healthy(s))
+            {
                 used.push(stand_in);
                 recruits.push((i, owner, stand_in));
             }
@@ -574,15 +682,24 @@ impl<S: Storage> Node<S> {
         if recruits.is_empty() {
             return;
         }
-        let Some(c) = self.coords.get_mut(&id) else { return };
-        let Phase::Write { object, .. } = &c.phase else { return };
+        let Some(c) = self.coords.get_mut(&id) else {
+            return;
+        };
+        let Phase::Write { object, .. } = &c.phase else {
+            return;
+        };
         let object = object.clone();
         let key = c.key.clone();
         let mut local = None;
         for &(i, owner, stand_in) in &recruits {
             c.targets[i].replaced = true;
             let hint = (owner != stand_in).then_some(owner);
-            c.targets.push(Target { node: stand_in, hint, answered: false, replaced: false });
+            c.targets.push(Target {
+                node: stand_in,
+                hint,
+                answered: false,
+                replaced: false,
+            });
             if stand_in == self.id {
                 local = Some((c.targets.len() - 1, hint));
             }
@@ -590,10 +707,19 @@ impl<S: Storage> Node<S> {
         let check = self.now + self.config.replica_timeout;
         c.check = check;
         for (_, owner, stand_in) in recruits {
-            self.event(Event::StandInRecruited { key: key.clone(), owner, stand_in });
+            self.event(Event::StandInRecruited {
+                key: key.clone(),
+                owner,
+                stand_in,
+            });
             if stand_in != self.id {
                 let hint = (owner != stand_in).then_some(owner);
-                let msg = Msg::Store { id: Some(id), key: key.clone(), object: object.clone(), hint };
+                let msg = Msg::Store {
+                    id: Some(id),
+                    key: key.clone(),
+                    object: object.clone(),
+                    hint,
+                };
                 self.send(stand_in, Message::Replica(msg));
             }
         }
@@ -610,10 +736,15 @@ impl<S: Storage> Node<S> {
     }
 
     pub(crate) fn deadline(&mut self, id: ReqId) {
-        let Some(c) = self.coords.get(&id) else { return };
+        let Some(c) = self.coords.get(&id) else {
+            return;
+        };
         if !c.replied {
             let (origin, key) = (c.origin, c.key.clone());
-            let e = RequestError::QuorumNotReached { got: c.answered(), need: c.need };
+            let e = RequestError::QuorumNotReached {
+                got: c.answered(),
+                need: c.need,
+            };
             if let Some(c) = self.coords.get_mut(&id) {
                 c.replied = true;
             }
@@ -623,19 +754,26 @@ impl<S: Storage> Node<S> {
     }
 
     pub(crate) fn purge_due(&mut self, id: ReqId) {
-        let Some(p) = self.purges.remove(&id) else { return };
+        let Some(p) = self.purges.remove(&id) else {
+            return;
+        };
         for node in p.primaries {
             if node == self.id {
                 self.purge_local(p.key.clone(), &p.context);
             } else {
-                let msg = Msg::Purge { key: p.key.clone(), context: p.context.clone() };
+                let msg = Msg::Purge {
+                    key: p.key.clone(),
+                    context: p.context.clone(),
+                };
                 self.send(node, Message::Replica(msg));
             }
         }
     }
 
     fn purge_local(&mut self, key: Bytes, context: &VersionVector) {
-        let Some(obj) = self.storage.object(&key) else { return };
+        let Some(obj) = self.storage.object(&key) else {
+            return;
+        };
         if obj.is_deleted() && obj.context() == context {
             let mut ops = self.raise_epoch_floor();
             ops.push(Op::DeleteObject { key: key.clone() });
@@ -654,7 +792,12 @@ impl<S: Storage> Node<S> {
                     self.emit(Output::Reply { req: f.req, result });
                 }
             }
-            Msg::Store { id, key, object, hint } => self.handle_store(from, id, key, object, hint),
+            Msg::Store {
+                id,
+                key,
+                object,
+                hint,
+            } => self.handle_store(from, id, key, object, hint),
             Msg::StoreAck { id } => {
                 if let Some(c) = self.coords.get_mut(&id) {
                     if let Some(t) = c.targets.iter_mut().find(|t| t.node == from && !t.answered) {

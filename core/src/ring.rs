@@ -876,8 +876,9 @@ fn greedy(
         return;
     }
     let q = cur.len();
-    let eligible =
-        |cur: &[Option<u32>], surplus: &[usize], p: usize| cur[p].is_none_or(|o| surplus[o as usize] > 0);
+    let eligible = |cur: &[Option<u32>], surplus: &[usize], p: usize| {
+        cur[p].is_none_or(|o| surplus[o as usize] > 0)
+    };
     let score = |cur: &mut [Option<u32>], deficit: &[usize], p: usize| -> Option<(i64, u32)> {
         let was = cur[p];
         let before = i64::from(spacer.local(cur, p, None));
@@ -960,7 +961,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn members(ids: &[(u32, &str)]) -> Vec<(NodeId, String)> {
-        ids.iter().map(|(i, z)| (NodeId(*i), z.to_string())).collect()
+        ids.iter()
+            .map(|(i, z)| (NodeId(*i), z.to_string()))
+            .collect()
     }
 
     fn plain(s: u32) -> Vec<(NodeId, String)> {
@@ -1050,7 +1053,9 @@ mod tests {
         );
         let one = Ring::new(64, 3, &plain(1)).unwrap();
         assert_eq!(one.with_removed(NodeId(0)), Err(RingError::LastMember));
-        assert!(RingError::LastMember.to_string().contains("nothing changed"));
+        assert!(RingError::LastMember
+            .to_string()
+            .contains("nothing changed"));
     }
 
     #[test]
@@ -1064,7 +1069,10 @@ mod tests {
             let ps: Vec<String> = r.primaries(Partition(p)).iter().map(|m| m.name()).collect();
             println!("p{p}: owner {} primaries {:?}", r.owner(Partition(p)), ps);
         }
-        println!("owners: {}", r.owners().iter().map(|o| o.name()).collect::<String>());
+        println!(
+            "owners: {}",
+            r.owners().iter().map(|o| o.name()).collect::<String>()
+        );
         println!("bad windows: {}", r.bad_windows());
         let ids = |v: &[NodeId]| v.iter().map(|m| m.0).collect::<Vec<_>>();
         assert_eq!(ids(r.primaries(Partition(0))), [0, 1, 2]);
@@ -1086,13 +1094,13 @@ mod tests {
         // 64 is not a multiple of 3: some window must repeat an owner, and in fact
         // at least two must (two good neighbouring windows force period 3).
         let r = Ring::new(64, 3, &plain(3)).unwrap();
-        assert!(
-            (1..=2).contains(&r.bad_windows()),
-            "{}",
-            r.bad_windows()
-        );
+        assert!((1..=2).contains(&r.bad_windows()), "{}", r.bad_windows());
         for s in [4, 8, 16] {
-            assert_eq!(Ring::new(64, 3, &plain(s)).unwrap().bad_windows(), 0, "S={s}");
+            assert_eq!(
+                Ring::new(64, 3, &plain(s)).unwrap().bad_windows(),
+                0,
+                "S={s}"
+            );
         }
         for s in 4..=20 {
             let r = Ring::new(64, 3, &plain(s)).unwrap();
@@ -1118,7 +1126,10 @@ mod tests {
         }
         // Join a node into zone a: replicas still span 3 zones.
         let r2 = r.with_joined(NodeId(6), "a").unwrap();
-        println!("zones after join: bad zone windows {}", r2.bad_zone_windows());
+        println!(
+            "zones after join: bad zone windows {}",
+            r2.bad_zone_windows()
+        );
     }
 
     #[test]
@@ -1322,9 +1333,17 @@ mod tests {
         let j = r.with_joined(NodeId(64), "z").unwrap();
         assert_balanced(&j);
         assert!(r.moved_partitions(&j) <= 4096usize.div_ceil(65));
-        println!("Q=4096 S=64->65: moved {} bad {}", r.moved_partitions(&j), j.bad_windows());
+        println!(
+            "Q=4096 S=64->65: moved {} bad {}",
+            r.moved_partitions(&j),
+            j.bad_windows()
+        );
         let l = j.with_removed(NodeId(3)).unwrap();
         assert_balanced(&l);
-        println!("Q=4096 S=65->64: moved {} bad {}", j.moved_partitions(&l), l.bad_windows());
+        println!(
+            "Q=4096 S=65->64: moved {} bad {}",
+            j.moved_partitions(&l),
+            l.bad_windows()
+        );
     }
 }

@@ -312,7 +312,10 @@ mod tests {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        assert_eq!(page, vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]);
+        assert_eq!(
+            page,
+            vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]
+        );
         assert_eq!(s.object_count(), 4);
     }
 }

@@ -334,9 +334,18 @@ mod tests {
     #[test]
     fn latest_epoch_picks_highest_epoch_of_node() {
         let mut vv = VersionVector::new();
-        vv.add(Dot { actor: actor(1, 5), counter: 2 });
-        vv.add(Dot { actor: actor(1, 9), counter: 1 });
-        vv.add(Dot { actor: actor(2, 99), counter: 4 });
+        vv.add(Dot {
+            actor: actor(1, 5),
+            counter: 2,
+        });
+        vv.add(Dot {
+            actor: actor(1, 9),
+            counter: 1,
+        });
+        vv.add(Dot {
+            actor: actor(2, 99),
+            counter: 4,
+        });
         assert_eq!(vv.latest_epoch_of(NodeId(1)), Some((9, 1)));
         assert_eq!(vv.latest_epoch_of(NodeId(0)), None);
     }

@@ -14,7 +14,9 @@ pub mod netem;
 
 use crate::config::Config;
 use crate::id::{ClientReq, NodeId};
-use crate::message::{Admin, ClientOp, ClientReply, Event, Input, Message, MessageKind, Output, RequestError};
+use crate::message::{
+    Admin, ClientOp, ClientReply, Event, Input, Message, MessageKind, Output, RequestError,
+};
 use crate::node::Node;
 use crate::ring::Ring;
 use crate::store::{MemStorage, Storage};
@@ -54,7 +56,9 @@ impl SimConfig {
         SimConfig {
             seed,
             nodes: (0..count)
-                .map(|i| NodeSpec { zone: format!("z{}", i % zones.max(1) + 1) })
+                .map(|i| NodeSpec {
+                    zone: format!("z{}", i % zones.max(1) + 1),
+                })
                 .collect(),
             config: Config::demo(),
             net: NetConfig::default(),
@@ -294,7 +298,8 @@ impl World {
             .enumerate()
             .map(|(i, s)| (NodeId(i as u32), s.zone.clone()))
             .collect();
-        let ring = Ring::new(cfg.config.partitions, cfg.config.n, &members).map_err(|e| e.to_string())?;
+        let ring =
+            Ring::new(cfg.config.partitions, cfg.config.n, &members).map_err(|e| e.to_string())?;
         let mut w = World {
             now: Time::ZERO,
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
@@ -314,7 +319,12 @@ impl World {
             cfg,
         };
         for i in 0..w.cfg.nodes.len() {
-            w.slots.push(Slot { node: None, disk: Some(MemStorage::new()), incarnation: 0, next_wake: None });
+            w.slots.push(Slot {
+                node: None,
+                disk: Some(MemStorage::new()),
+                incarnation: 0,
+                next_wake: None,
+            });
             w.start(NodeId(i as u32));
         }
         Ok(w)
@@ -441,8 +451,19 @@ impl World {
     pub fn submit(&mut self, node: NodeId, op: ClientOp) -> ClientReq {
         let req = ClientReq(self.next_req);
         self.next_req += 1;
-        self.record(Record::Action(Action::Client { node, op: op.clone() }));
-        self.clients.insert(req, ClientRecord { node, op: op.clone(), issued: self.now, done: None });
+        self.record(Record::Action(Action::Client {
+            node,
+            op: op.clone(),
+        }));
+        self.clients.insert(
+            req,
+            ClientRecord {
+                node,
+                op: op.clone(),
+                issued: self.now,
+                done: None,
+            },
+        );
         if self.is_up(node) {
             self.feed(node, Input::Client { req, op });
         } else {
@@ -492,7 +513,9 @@ impl World {
 
     /// Processes the next event; false when nothing is left to do.
     pub fn step(&mut self) -> bool {
-        let Some(Reverse(s)) = self.queue.pop() else { return false };
+        let Some(Reverse(s)) = self.queue.pop() else {
+            return false;
+        };
         self.now = self.now.max(s.at);
         match s.what {
             What::Deliver(m) => self.deliver(m),
@@ -528,7 +551,11 @@ impl World {
     }
 
     /// Runs until `req` is answered or `limit` passes; returns its outcome.
-    pub fn run_until_done(&mut self, req: ClientReq, limit: Dur) -> Option<Result<ClientReply, RequestError>> {
+    pub fn run_until_done(
+        &mut self,
+        req: ClientReq,
+        limit: Dur,
+    ) -> Option<Result<ClientReply, RequestError>> {
         let end = self.now + limit;
         while self.clients.get(&req).is_some_and(|c| c.done.is_none()) {
             if !self.queue.peek().is_some_and(|Reverse(s)| s.at <= end) {
@@ -536,7 +563,11 @@ impl World {
             }
             self.step();
         }
-        self.clients.get(&req)?.done.as_ref().map(|(_, r)| r.clone())
+        self.clients
+            .get(&req)?
+            .done
+            .as_ref()
+            .map(|(_, r)| r.clone())
     }
 
     /// Time of the next queued event.
@@ -586,7 +617,15 @@ impl World {
             .collect();
         self.queue = BinaryHeap::from(kept);
         if let Some((from, to, kind, sent)) = dropped {
-            self.dropped(Dropped { id, from, to, kind, sent, at: self.now, reason: DropReason::Manual });
+            self.dropped(Dropped {
+                id,
+                from,
+                to,
+                kind,
+                sent,
+                at: self.now,
+                reason: DropReason::Manual,
+            });
         }
     }
 
@@ -600,14 +639,27 @@ impl World {
         };
         if let Some(reason) = reason {
             let kind = m.msg.kind();
-            self.dropped(Dropped { id: m.id, from: m.from, to: m.to, kind, sent: m.sent, at: self.now, reason });
+            self.dropped(Dropped {
+                id: m.id,
+                from: m.from,
+                to: m.to,
+                kind,
+                sent: m.sent,
+                at: self.now,
+                reason,
+            });
             return;
         }
         self.stats.delivered += 1;
         let (from, to) = (m.from, m.to);
         let id = m.id;
         if self.trace.is_some() {
-            self.record(Record::Deliver { id, from, to, msg: m.msg.clone() });
+            self.record(Record::Deliver {
+                id,
+                from,
+                to,
+                msg: m.msg.clone(),
+            });
         } else {
             // Hash without cloning: the same bytes `record` would hash.
             self.hash_delivery(id, from, to, &m.msg);
@@ -651,20 +703,29 @@ impl World {
             self.buf = buf;
         }
         if let Some(t) = &mut self.trace {
-            t.push(TraceEntry { at: self.now, record });
+            t.push(TraceEntry {
+                at: self.now,
+                record,
+            });
         }
     }
 
     /// Hands `input` to node `id` and routes everything it outputs.
     fn feed(&mut self, id: NodeId, input: Input) {
         let idx = id.0 as usize;
-        let Some(node) = self.slots[idx].node.as_mut() else { return };
+        let Some(node) = self.slots[idx].node.as_mut() else {
+            return;
+        };
         node.handle_input(self.now, input);
         while let Some(out) = self.slots[idx].node.as_mut().and_then(Node::poll_output) {
             match out {
                 Output::Send { to, msg } => self.send(id, to, msg),
                 Output::Reply { req, result } => {
-                    self.record(Record::Reply { node: id, req, result: result.clone() });
+                    self.record(Record::Reply {
+                        node: id,
+                        req,
+                        result: result.clone(),
+                    });
                     if let Some(c) = self.clients.get_mut(&req) {
                         c.done = Some((self.now, result));
                     }
@@ -680,7 +741,9 @@ impl World {
 
     fn rearm(&mut self, id: NodeId) {
         let idx = id.0 as usize;
-        let Some(due) = self.slots[idx].node.as_ref().and_then(Node::poll_timeout) else { return };
+        let Some(due) = self.slots[idx].node.as_ref().and_then(Node::poll_timeout) else {
+            return;
+        };
         let slot = &self.slots[idx];
         if slot.next_wake.is_none_or(|w| due < w) {
             let inc = slot.incarnation;
@@ -702,15 +765,34 @@ impl World {
         match self.net.fate(&mut self.rng) {
             Fate::Lost => {
                 let kind = msg.kind();
-                self.dropped(Dropped { id, from, to, kind, sent: self.now, at: self.now, reason: DropReason::Loss });
+                self.dropped(Dropped {
+                    id,
+                    from,
+                    to,
+                    kind,
+                    sent: self.now,
+                    at: self.now,
+                    reason: DropReason::Loss,
+                });
             }
             Fate::Deliver(lat) => {
                 let last = lat.len() - 1;
                 let mut msg = Some(msg);
                 for (i, d) in lat.into_iter().enumerate() {
-                    let m = if i == last { msg.take().expect("one left") } else { msg.clone().expect("kept") };
+                    let m = if i == last {
+                        msg.take().expect("one left")
+                    } else {
+                        msg.clone().expect("kept")
+                    };
                     let at = self.now + d;
-                    let f = InFlight { id, from, to, sent: self.now, deliver: at, msg: m };
+                    let f = InFlight {
+                        id,
+                        from,
+                        to,
+                        sent: self.now,
+                        deliver: at,
+                        msg: m,
+                    };
                     self.push(at, What::Deliver(f));
                 }
             }
@@ -719,7 +801,11 @@ impl World {
 
     fn push(&mut self, at: Time, what: What) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq: self.seq, what }));
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            what,
+        }));
     }
 }
 

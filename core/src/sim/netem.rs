@@ -57,7 +57,10 @@ pub struct Netem {
 impl Netem {
     /// A network with `config` and no cuts.
     pub fn new(config: NetConfig) -> Self {
-        Netem { config, blocked: BTreeSet::new() }
+        Netem {
+            config,
+            blocked: BTreeSet::new(),
+        }
     }
 
     /// Decides the fate of one message.
@@ -137,7 +140,11 @@ mod tests {
 
     #[test]
     fn loss_and_dup_rates_are_about_right() {
-        let net = Netem::new(NetConfig { loss_ppm: 200_000, dup_ppm: 100_000, ..NetConfig::default() });
+        let net = Netem::new(NetConfig {
+            loss_ppm: 200_000,
+            dup_ppm: 100_000,
+            ..NetConfig::default()
+        });
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let (mut lost, mut dup) = (0, 0);
         for _ in 0..10_000 {
