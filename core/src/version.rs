@@ -141,7 +141,10 @@ impl VersionVector {
             .step_by(2)
             .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
             .collect();
-        postcard::from_bytes(&bytes?).ok()
+        match postcard::take_from_bytes(&bytes?) {
+            Ok((vv, rest)) if rest.is_empty() => Some(vv),
+            _ => None,
+        }
     }
 }
 

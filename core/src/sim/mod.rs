@@ -25,7 +25,7 @@ use crate::version::Object;
 use bytes::Bytes;
 pub use netem::{Fate, NetConfig, Netem};
 use rand_chacha::ChaCha8Rng;
-use rand_core::SeedableRng;
+use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -99,6 +99,8 @@ pub enum Action {
     },
     /// Drop one message in flight.
     DropMessage(u64),
+    /// Start (or change, or with `None` stop) the generated client workload.
+    SetWorkload(Option<Workload>),
 }
 
 /// A message on the wire.
@@ -228,6 +230,33 @@ enum What {
     Deliver(InFlight),
     Wake(NodeId, u32),
     Act(Action),
+    Workload(u64),
+}
+
+/// A client workload the world generates by itself: every `interval`, one request
+/// at a random running node, on one of `keys` keys; writes carry the context of the
+/// latest reply for their key (as a well-behaved client would).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// Time between requests.
+    pub interval: Dur,
+    /// Key space size (`key0`, `key1`, …).
+    pub keys: u32,
+    /// Percentage of writes (the rest are reads).
+    pub write_pct: u8,
+    /// Value size in bytes.
+    pub value_len: usize,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            interval: Dur::millis(50),
+            keys: 16,
+            write_pct: 75,
+            value_len: 16,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -280,6 +309,10 @@ pub struct World {
     trace: Option<Vec<TraceEntry>>,
     drops: VecDeque<Dropped>,
     stats: Stats,
+    workload: Option<Workload>,
+    workload_gen: u64,
+    workload_rng: ChaCha8Rng,
+    contexts: BTreeMap<Bytes, crate::version::VersionVector>,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -316,6 +349,10 @@ impl World {
             trace: None,
             drops: VecDeque::new(),
             stats: Stats::default(),
+            workload: None,
+            workload_gen: 0,
+            workload_rng: ChaCha8Rng::seed_from_u64(splitmix(cfg.seed ^ 0x3017_10ad)),
+            contexts: BTreeMap::new(),
             cfg,
         };
         for i in 0..w.cfg.nodes.len() {
@@ -502,6 +539,15 @@ impl World {
             Action::Heal => self.net.heal(),
             Action::SetNet(c) => self.net.config = c,
             Action::DropMessage(id) => self.drop_in_flight(id),
+            Action::SetWorkload(wl) => {
+                // A new generation number makes ticks of the old workload stale.
+                self.workload_gen += 1;
+                self.workload = wl;
+                if let Some(wl) = &self.workload {
+                    let at = self.now + wl.interval;
+                    self.push(at, What::Workload(self.workload_gen));
+                }
+            }
             Action::Client { .. } => unreachable!("handled above"),
         }
     }
@@ -532,8 +578,41 @@ impl World {
                 }
             }
             What::Act(a) => self.apply(a),
+            What::Workload(gen) => self.workload_tick(gen),
         }
         true
+    }
+
+    fn workload_tick(&mut self, gen: u64) {
+        let Some(wl) = self.workload.clone().filter(|_| gen == self.workload_gen) else {
+            return;
+        };
+        let up: Vec<NodeId> = (0..self.slots.len() as u32)
+            .map(NodeId)
+            .filter(|&n| self.is_up(n))
+            .collect();
+        if !up.is_empty() {
+            let r = self.workload_rng.next_u64();
+            let node = up[(r % up.len() as u64) as usize];
+            let key = Bytes::from(format!("key{}", (r >> 16) % u64::from(wl.keys.max(1))));
+            let op = if ((r >> 40) % 100) < u64::from(wl.write_pct) {
+                let n = self.next_req;
+                let mut value = format!("v{n}-").into_bytes();
+                value.resize(wl.value_len.max(value.len()), b'.');
+                let context = self.contexts.get(&key).cloned();
+                ClientOp::Put {
+                    key,
+                    value: Bytes::from(value),
+                    context,
+                    w: None,
+                }
+            } else {
+                ClientOp::Get { key, r: None }
+            };
+            self.submit(node, op);
+        }
+        let at = self.now + wl.interval;
+        self.push(at, What::Workload(gen));
     }
 
     /// Runs every event due up to and including `t`, then sets the clock to `t`.
@@ -727,6 +806,16 @@ impl World {
                         result: result.clone(),
                     });
                     if let Some(c) = self.clients.get_mut(&req) {
+                        if let Ok(
+                            ClientReply::Written { context, .. }
+                            | ClientReply::Read { context, .. },
+                        ) = &result
+                        {
+                            self.contexts
+                                .entry(c.op.key().clone())
+                                .or_default()
+                                .merge(context);
+                        }
                         c.done = Some((self.now, result));
                     }
                 }
@@ -824,4 +913,33 @@ pub fn splitmix(mut x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The reference run used by the determinism tests (native and WASM) and the
+/// benchmark: 7 nodes in 3 zones, a client workload, and every kind of fault.
+/// Returns the world after `secs` virtual seconds.
+pub fn reference_run(seed: u64, secs: u64) -> World {
+    let mut cfg = SimConfig::new(seed, 7, 3);
+    cfg.net = NetConfig {
+        latency_min: Dur(1),
+        latency_max: Dur(20),
+        loss_ppm: 20_000,
+        dup_ppm: 10_000,
+    };
+    let mut w = World::new(cfg).expect("valid reference config");
+    let (a, b, c, d) = (NodeId(0), NodeId(1), NodeId(2), NodeId(3));
+    w.apply(Action::SetWorkload(Some(Workload::default())));
+    w.schedule(Time(2_000), Action::Crash(a));
+    w.schedule(
+        Time(4_000),
+        Action::Partition(vec![vec![b, c], vec![d, NodeId(4), NodeId(5), NodeId(6)]]),
+    );
+    w.schedule(Time(6_000), Action::Restart(a));
+    w.schedule(Time(7_000), Action::Heal);
+    w.schedule(Time(8_000), Action::Block { from: d, to: a });
+    w.schedule(Time(9_000), Action::Wipe(c));
+    w.schedule(Time(10_000), Action::Restart(c));
+    w.schedule(Time(11_000), Action::Heal);
+    w.run_until(Time(secs * 1000));
+    w
 }
