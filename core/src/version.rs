@@ -142,7 +142,7 @@ impl VersionVector {
             .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
             .collect();
         match postcard::take_from_bytes(&bytes?) {
-            Ok((vv, rest)) if rest.is_empty() => Some(vv),
+            Ok((vv, [])) => Some(vv),
             _ => None,
         }
     }

@@ -118,6 +118,8 @@ pub struct InFlight {
     pub deliver: Time,
     /// The message.
     pub msg: Message,
+    /// FNV-1a of the message's postcard encoding, computed once at send.
+    pub fingerprint: u64,
 }
 
 /// Why a message did not arrive.
@@ -637,7 +639,7 @@ impl World {
     ) -> Option<Result<ClientReply, RequestError>> {
         let end = self.now + limit;
         while self.clients.get(&req).is_some_and(|c| c.done.is_none()) {
-            if !self.queue.peek().is_some_and(|Reverse(s)| s.at <= end) {
+            if self.queue.peek().is_none_or(|Reverse(s)| s.at > end) {
                 break;
             }
             self.step();
@@ -732,31 +734,25 @@ impl World {
         self.stats.delivered += 1;
         let (from, to) = (m.from, m.to);
         let id = m.id;
-        if self.trace.is_some() {
-            self.record(Record::Deliver {
-                id,
-                from,
-                to,
-                msg: m.msg.clone(),
-            });
-        } else {
-            // Hash without cloning: the same bytes `record` would hash.
-            self.hash_delivery(id, from, to, &m.msg);
+        self.hash_delivery(id, from, to, m.fingerprint);
+        if let Some(t) = &mut self.trace {
+            let record = Record::Deliver { id, from, to, msg: m.msg.clone() };
+            t.push(TraceEntry { at: self.now, record });
         }
         self.feed(to, Input::Message { from, msg: m.msg });
     }
 
-    fn hash_delivery(&mut self, id: u64, from: NodeId, to: NodeId, msg: &Message) {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        buf.extend_from_slice(&self.now.0.to_le_bytes());
-        buf.push(0); // Record::Deliver's variant index
-        buf.extend_from_slice(&id.to_le_bytes());
-        buf.extend_from_slice(&from.0.to_le_bytes());
-        buf.extend_from_slice(&to.0.to_le_bytes());
-        let buf = postcard::to_extend(msg, buf).unwrap_or_default();
-        self.hash = fnv(self.hash, &buf);
-        self.buf = buf;
+    /// Folds one delivery into the trace hash: time, ids, and the fingerprint of
+    /// the message's encoded bytes.
+    fn hash_delivery(&mut self, id: u64, from: NodeId, to: NodeId, fingerprint: u64) {
+        let mut rec = [0u8; 33];
+        rec[..8].copy_from_slice(&self.now.0.to_le_bytes());
+        rec[8] = 0; // Record::Deliver
+        rec[9..17].copy_from_slice(&id.to_le_bytes());
+        rec[17..21].copy_from_slice(&from.0.to_le_bytes());
+        rec[21..25].copy_from_slice(&to.0.to_le_bytes());
+        rec[25..].copy_from_slice(&fingerprint.to_le_bytes());
+        self.hash = fnv(self.hash, &rec);
     }
 
     fn dropped(&mut self, d: Dropped) {
@@ -768,19 +764,15 @@ impl World {
         self.drops.push_back(d);
     }
 
-    /// Hashes a record (and keeps it when recording).
+    /// Hashes a record (and keeps it when recording). Deliveries are hashed by
+    /// `deliver` itself.
     fn record(&mut self, record: Record) {
-        if let Record::Deliver { id, from, to, msg } = &record {
-            let (id, from, to) = (*id, *from, *to);
-            self.hash_delivery(id, from, to, msg);
-        } else {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            buf.extend_from_slice(&self.now.0.to_le_bytes());
-            let buf = postcard::to_extend(&record, buf).unwrap_or_default();
-            self.hash = fnv(self.hash, &buf);
-            self.buf = buf;
-        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.extend_from_slice(&self.now.0.to_le_bytes());
+        let buf = postcard::to_extend(&record, buf).unwrap_or_default();
+        self.hash = fnv(self.hash, &buf);
+        self.buf = buf;
         if let Some(t) = &mut self.trace {
             t.push(TraceEntry {
                 at: self.now,
@@ -848,6 +840,7 @@ impl World {
         buf.clear();
         let buf = postcard::to_extend(&msg, buf).unwrap_or_default();
         self.stats.bytes += buf.len() as u64;
+        let fingerprint = fnv(FNV_OFFSET, &buf);
         self.buf = buf;
         let id = self.next_msg;
         self.next_msg += 1;
@@ -881,6 +874,7 @@ impl World {
                         sent: self.now,
                         deliver: at,
                         msg: m,
+                        fingerprint,
                     };
                     self.push(at, What::Deliver(f));
                 }

@@ -124,7 +124,7 @@ impl Netem {
 }
 
 fn ppm(rng: &mut ChaCha8Rng) -> u32 {
-    (rng.next_u32() % 1_000_000) as u32
+    rng.next_u32() % 1_000_000
 }
 
 fn latency(c: &NetConfig, rng: &mut ChaCha8Rng) -> Dur {
