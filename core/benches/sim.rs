@@ -8,7 +8,10 @@ use ringlab_core::Dur;
 
 fn world(nodes: usize) -> World {
     let mut w = World::new(SimConfig::new(7, nodes, 3)).unwrap();
-    w.apply(Action::SetWorkload(Some(Workload { interval: Dur::millis(1), ..Workload::default() })));
+    w.apply(Action::SetWorkload(Some(Workload {
+        interval: Dur::millis(1),
+        ..Workload::default()
+    })));
     w.run_for(Dur::secs(1));
     w
 }

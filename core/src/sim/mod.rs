@@ -736,8 +736,16 @@ impl World {
         let id = m.id;
         self.hash_delivery(id, from, to, m.fingerprint);
         if let Some(t) = &mut self.trace {
-            let record = Record::Deliver { id, from, to, msg: m.msg.clone() };
-            t.push(TraceEntry { at: self.now, record });
+            let record = Record::Deliver {
+                id,
+                from,
+                to,
+                msg: m.msg.clone(),
+            };
+            t.push(TraceEntry {
+                at: self.now,
+                record,
+            });
         }
         self.feed(to, Input::Message { from, msg: m.msg });
     }
