@@ -876,3 +876,361 @@ fn merge_all(replies: &[(NodeId, Option<NodeId>, Object)]) -> Object {
     }
     merged
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::message::{Input, Output};
+    use crate::ring::Ring;
+    use crate::store::MemStorage;
+    use crate::time::Dur;
+
+    const A: NodeId = NodeId(0);
+    const B: NodeId = NodeId(1);
+    const C: NodeId = NodeId(2);
+    const D: NodeId = NodeId(3);
+
+    fn node(id: NodeId, members: u32, config: Config) -> Node<MemStorage> {
+        let m: Vec<(NodeId, String)> = (0..members).map(|i| (NodeId(i), "z".to_owned())).collect();
+        let ring = Ring::new(config.partitions, config.n, &m).unwrap();
+        Node::new(id, config, Some(ring), MemStorage::new(), 1, Time(0))
+    }
+
+    fn drain(n: &mut Node<MemStorage>) -> Vec<Output> {
+        std::iter::from_fn(|| n.poll_output()).collect()
+    }
+
+    fn sends(out: &[Output]) -> Vec<(NodeId, &Msg)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    to,
+                    msg: Message::Replica(m),
+                } => Some((*to, m)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reply(out: &[Output]) -> Option<&Result<ClientReply, RequestError>> {
+        out.iter().find_map(|o| match o {
+            Output::Reply { result, .. } => Some(result),
+            _ => None,
+        })
+    }
+
+    /// A key whose primaries are exactly `want`, in order, on a ring of `members`.
+    fn key_for(n: &Node<MemStorage>, want: &[NodeId]) -> Bytes {
+        (0..10_000)
+            .map(|i| Bytes::from(format!("k{i}")))
+            .find(|k| {
+                let r = n.ring().unwrap();
+                r.primaries(r.partition_of(k)) == want
+            })
+            .expect("key exists")
+    }
+
+    fn put(key: &Bytes, v: &'static str) -> Input {
+        Input::Client {
+            req: ClientReq(1),
+            op: ClientOp::Put {
+                key: key.clone(),
+                value: Bytes::from_static(v.as_bytes()),
+                context: None,
+                w: None,
+            },
+        }
+    }
+
+    #[test]
+    fn coordinating_primary_stores_then_sends_to_the_other_targets() {
+        let mut a = node(A, 3, Config::default());
+        let key = key_for(&a, &[A, B, C]);
+        a.handle_input(Time(0), put(&key, "v"));
+        let out = drain(&mut a);
+        let s = sends(&out);
+        assert_eq!(s.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![B, C]);
+        for (_, m) in &s {
+            assert!(matches!(
+                m,
+                Msg::Store {
+                    id: Some(_),
+                    hint: None,
+                    ..
+                }
+            ));
+        }
+        assert!(reply(&out).is_none(), "one local ack is not W=2");
+        assert!(
+            a.storage().object(&key).is_some(),
+            "committed before sending"
+        );
+        // B's ack completes the quorum.
+        let Msg::Store { id: Some(id), .. } = s[0].1 else {
+            unreachable!()
+        };
+        a.handle_input(
+            Time(3),
+            Input::Message {
+                from: B,
+                msg: Message::Replica(Msg::StoreAck { id: *id }),
+            },
+        );
+        let out = drain(&mut a);
+        match reply(&out) {
+            Some(Ok(ClientReply::Written {
+                acked_by,
+                stand_ins,
+                ..
+            })) => {
+                assert_eq!(acked_by, &vec![A, B]);
+                assert!(stand_ins.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_replica_forwards_once_to_the_first_target() {
+        let mut d = node(D, 4, Config::default());
+        let key = key_for(&d, &[A, B, C]);
+        d.handle_input(Time(0), put(&key, "v"));
+        let out = drain(&mut d);
+        let s = sends(&out);
+        assert_eq!(s.len(), 1);
+        assert!(matches!(s[0], (A, Msg::Forward { .. })));
+        // No answer: the client gets a clear error at the deadline, not silence.
+        let t = Time(0) + Config::default().request_timeout + Config::default().replica_timeout;
+        d.handle_input(t, Input::Timeout);
+        let out = drain(&mut d);
+        assert_eq!(
+            reply(&out),
+            Some(&Err(RequestError::QuorumNotReached { got: 0, need: 2 }))
+        );
+    }
+
+    #[test]
+    fn unreachable_primary_is_replaced_by_a_hinted_stand_in() {
+        let mut b = node(B, 4, Config::default());
+        let key = key_for(&b, &[A, B, C]);
+        let walk: Vec<NodeId> = {
+            let r = b.ring().unwrap();
+            r.preference_walk(r.partition_of(&key)).collect()
+        };
+        assert_eq!(walk[3], D);
+        b.detector.request_failed(A);
+        b.handle_input(Time(0), put(&key, "v"));
+        let out = drain(&mut b);
+        let s = sends(&out);
+        assert!(s
+            .iter()
+            .any(|(to, m)| *to == D && matches!(m, Msg::Store { hint: Some(A), .. })));
+        assert!(s
+            .iter()
+            .any(|(to, m)| *to == C && matches!(m, Msg::Store { hint: None, .. })));
+        assert!(!s.iter().any(|(to, _)| *to == A));
+    }
+
+    #[test]
+    fn silent_replica_is_replaced_after_the_replica_timeout() {
+        let cfg = Config::default();
+        let mut a = node(A, 4, cfg.clone());
+        let key = key_for(&a, &[A, B, C]);
+        a.handle_input(Time(0), put(&key, "v"));
+        let out = drain(&mut a);
+        let Msg::Store { id: Some(id), .. } = sends(&out)[0].1 else {
+            unreachable!()
+        };
+        let id = *id;
+        a.handle_input(
+            Time(2),
+            Input::Message {
+                from: B,
+                msg: Message::Replica(Msg::StoreAck { id }),
+            },
+        );
+        drain(&mut a);
+        // C never answers.
+        a.handle_input(Time(0) + cfg.replica_timeout, Input::Timeout);
+        let out = drain(&mut a);
+        assert!(out.contains(&Output::Event(Event::PeerUnreachable { peer: C })));
+        assert!(out.contains(&Output::Event(Event::StandInRecruited {
+            key: key.clone(),
+            owner: C,
+            stand_in: D
+        })));
+        assert!(sends(&out)
+            .iter()
+            .any(|(to, m)| *to == D && matches!(m, Msg::Store { hint: Some(C), .. })));
+    }
+
+    #[test]
+    fn store_with_hint_goes_to_the_hint_store_and_is_acked() {
+        let mut d = node(D, 4, Config::default());
+        let mut obj = Object::new();
+        obj.write(
+            Actor { node: B, epoch: 1 },
+            &VersionVector::new(),
+            Some(Bytes::from_static(b"v")),
+        );
+        let key = Bytes::from_static(b"k");
+        let msg = Msg::Store {
+            id: Some(ReqId(9)),
+            key: key.clone(),
+            object: obj.clone(),
+            hint: Some(A),
+        };
+        d.handle_input(
+            Time(1),
+            Input::Message {
+                from: B,
+                msg: Message::Replica(msg),
+            },
+        );
+        let out = drain(&mut d);
+        assert!(out.contains(&Output::Event(Event::HintStored {
+            owner: A,
+            key: key.clone()
+        })));
+        assert!(out.contains(&Output::Send {
+            to: B,
+            msg: Message::Replica(Msg::StoreAck { id: ReqId(9) })
+        }));
+        assert!(d.storage().object(&key).is_none());
+        assert_eq!(d.storage().hint(A, &key).unwrap().object, obj);
+    }
+
+    #[test]
+    fn full_hint_budget_refuses_without_acking() {
+        let cfg = Config {
+            max_hints_per_owner: 1,
+            ..Config::default()
+        };
+        let mut d = node(D, 4, cfg);
+        for (i, k) in ["k1", "k2"].iter().enumerate() {
+            let mut obj = Object::new();
+            obj.write(
+                Actor { node: B, epoch: 1 },
+                &VersionVector::new(),
+                Some(Bytes::from_static(b"v")),
+            );
+            let key = Bytes::from_static(k.as_bytes());
+            let msg = Msg::Store {
+                id: Some(ReqId(i as u64)),
+                key: key.clone(),
+                object: obj,
+                hint: Some(A),
+            };
+            d.handle_input(
+                Time(1),
+                Input::Message {
+                    from: B,
+                    msg: Message::Replica(msg),
+                },
+            );
+        }
+        let out = drain(&mut d);
+        assert!(out.contains(&Output::Event(Event::HintRefused {
+            owner: A,
+            key: Bytes::from_static(b"k2")
+        })));
+        assert_eq!(sends(&out).len(), 1, "only the stored hint is acked");
+    }
+
+    #[test]
+    fn sibling_cap_rejects_a_blind_write_and_changes_nothing() {
+        let cfg = Config {
+            n: 1,
+            r: 1,
+            w: 1,
+            max_siblings: 2,
+            ..Config::default()
+        };
+        let mut a = node(A, 1, cfg);
+        let key = Bytes::from_static(b"k");
+        for v in ["1", "2"] {
+            a.handle_input(Time(0), put(&key, v));
+            assert!(matches!(reply(&drain(&mut a)), Some(Ok(_))));
+        }
+        let before = a.storage().object(&key);
+        a.handle_input(Time(0), put(&key, "3"));
+        let out = drain(&mut a);
+        assert_eq!(
+            reply(&out),
+            Some(&Err(RequestError::TooManySiblings {
+                would_have: 3,
+                limit: 2
+            }))
+        );
+        assert_eq!(a.storage().object(&key), before);
+    }
+
+    #[test]
+    fn invalid_quorum_is_rejected_up_front() {
+        let mut a = node(A, 3, Config::default());
+        let op = ClientOp::Get {
+            key: Bytes::from_static(b"k"),
+            r: Some(4),
+        };
+        a.handle_input(
+            Time(0),
+            Input::Client {
+                req: ClientReq(7),
+                op,
+            },
+        );
+        let out = drain(&mut a);
+        assert_eq!(
+            reply(&out).unwrap().as_ref().unwrap_err().to_string(),
+            "invalid quorum r=4: must be between 1 and n=3"
+        );
+    }
+
+    #[test]
+    fn tombstone_is_purged_after_all_primaries_ack_and_grace_passes() {
+        let cfg = Config {
+            n: 1,
+            r: 1,
+            w: 1,
+            ..Config::default()
+        };
+        let grace = cfg.tombstone_grace;
+        let mut a = node(A, 1, cfg);
+        let key = Bytes::from_static(b"k");
+        a.handle_input(Time(0), put(&key, "v"));
+        let ctx = match reply(&drain(&mut a)) {
+            Some(Ok(ClientReply::Written { context, .. })) => context.clone(),
+            other => panic!("{other:?}"),
+        };
+        let op = ClientOp::Delete {
+            key: key.clone(),
+            context: Some(ctx),
+            w: None,
+        };
+        a.handle_input(
+            Time(1),
+            Input::Client {
+                req: ClientReq(2),
+                op,
+            },
+        );
+        drain(&mut a);
+        assert!(a.storage().object(&key).unwrap().is_deleted());
+        let floor_before = a.epoch_floor;
+        a.handle_input(Time(1) + grace - Dur(1), Input::Timeout);
+        drain(&mut a);
+        assert!(
+            a.storage().object(&key).is_some(),
+            "not before the grace period"
+        );
+        a.handle_input(Time(1) + grace, Input::Timeout);
+        let out = drain(&mut a);
+        assert!(out.contains(&Output::Event(Event::TombstonePurged { key: key.clone() })));
+        assert!(a.storage().object(&key).is_none());
+        assert!(
+            a.epoch_floor > floor_before,
+            "old epochs can no longer be continued"
+        );
+    }
+}
