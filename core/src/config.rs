@@ -43,6 +43,13 @@ pub struct Config {
     /// Delay between a delete reaching all N primaries and the tombstone's purge.
     /// Must exceed `hint_window`, so no hint still in flight can resurrect the value.
     pub tombstone_grace: Dur,
+    /// Mean time between Merkle exchanges started by one node.
+    pub anti_entropy_interval: Dur,
+    /// Depth of the per-partition Merkle trees (2^depth key-hash buckets); must
+    /// agree cluster-wide.
+    pub merkle_depth: u8,
+    /// Keys one exchange may repair; more are left for later rounds.
+    pub merkle_max_keys_per_round: usize,
 }
 
 impl Default for Config {
@@ -64,6 +71,9 @@ impl Default for Config {
             hint_window: Dur::secs(3 * 3600),
             max_siblings: 64,
             tombstone_grace: Dur::secs(4 * 3600),
+            anti_entropy_interval: Dur::secs(10),
+            merkle_depth: 10,
+            merkle_max_keys_per_round: 1000,
         }
     }
 }
@@ -80,6 +90,8 @@ impl Config {
             hint_replay_interval: Dur::millis(250),
             hint_window: Dur::secs(600),
             tombstone_grace: Dur::secs(900),
+            anti_entropy_interval: Dur::millis(500),
+            merkle_depth: 6,
             ..Config::default()
         }
     }
@@ -104,7 +116,10 @@ impl Config {
         if self.tombstone_grace <= self.hint_window {
             return Err(ConfigError::TombstoneGrace);
         }
-        if self.hint_batch == 0 || self.max_siblings == 0 {
+        if self.merkle_depth > 24 {
+            return Err(ConfigError::MerkleDepth(self.merkle_depth));
+        }
+        if self.hint_batch == 0 || self.max_siblings == 0 || self.merkle_max_keys_per_round == 0 {
             return Err(ConfigError::Zero);
         }
         Ok(())
@@ -136,8 +151,11 @@ pub enum ConfigError {
     )]
     TombstoneGrace,
     /// A count that must be positive is zero.
-    #[error("hint_batch and max_siblings must be positive")]
+    #[error("hint_batch, max_siblings and merkle_max_keys_per_round must be positive")]
     Zero,
+    /// Merkle depth too large.
+    #[error("merkle_depth must be at most 24, got {0}")]
+    MerkleDepth(u8),
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! The whole Ringlab protocol as pure state machines: a partitioned consistent-hash
 //! ring with virtual nodes ([`ring`]), a coordinator with sloppy quorum over the
 //! first N *healthy* nodes ([`quorum`]), hinted handoff ([`handoff`]), causal
-//! versions with siblings ([`version`]), read repair, local failure detection
-//! ([`detector`]), and a deterministic seeded cluster simulator ([`sim`]).
+//! versions with siblings ([`version`]), read repair, Merkle anti-entropy
+//! ([`merkle`], [`antientropy`]), local failure detection ([`detector`]), and a
+//! deterministic seeded cluster simulator ([`sim`]).
 //!
 //! There is no I/O here: no sockets, files, threads, clocks or global RNG. Time
 //! comes in as [`Time`] with every input; randomness comes from a seeded
@@ -49,10 +50,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod antientropy;
 pub mod config;
 pub mod detector;
 pub mod handoff;
 pub mod id;
+pub mod merkle;
 pub mod message;
 pub mod node;
 pub mod quorum;

@@ -6,7 +6,7 @@
 use crate::id::{ClientReq, NodeId};
 use crate::ring::Ring;
 use crate::version::{Dot, VersionVector};
-use crate::{detector, handoff, quorum};
+use crate::{antientropy, detector, handoff, quorum};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +70,8 @@ pub enum Message {
     Handoff(handoff::Msg),
     /// Probes.
     Detector(detector::Msg),
+    /// Merkle anti-entropy.
+    AntiEntropy(antientropy::Msg),
 }
 
 impl Message {
@@ -88,6 +90,7 @@ impl Message {
             },
             Message::Handoff(_) => MessageKind::Hint,
             Message::Detector(_) => MessageKind::Probe,
+            Message::AntiEntropy(_) => MessageKind::Merkle,
         }
     }
 }
@@ -107,6 +110,8 @@ pub enum MessageKind {
     Hint,
     /// Failure-detector probe.
     Probe,
+    /// Merkle exchange or repair.
+    Merkle,
 }
 
 /// What a client asks.
@@ -359,6 +364,45 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// This node started a Merkle exchange.
+    MerkleExchangeStarted {
+        /// The co-replica.
+        peer: NodeId,
+        /// Partition.
+        partition: u32,
+    },
+    /// A level of the descent arrived with this many differing nodes to descend into.
+    MerkleLevelCompared {
+        /// The co-replica.
+        peer: NodeId,
+        /// Partition.
+        partition: u32,
+        /// Differing nodes.
+        differing: usize,
+    },
+    /// Keys received from a co-replica were merged.
+    MerkleKeysRepaired {
+        /// Sender.
+        peer: NodeId,
+        /// Partition.
+        partition: u32,
+        /// Keys that changed here.
+        n: usize,
+        /// Key and value bytes received.
+        bytes: usize,
+    },
+    /// The exchange found nothing to repair on this side.
+    MerkleInSync {
+        /// The co-replica.
+        peer: NodeId,
+        /// Partition.
+        partition: u32,
+    },
+    /// Merkle trees were built for partitions this node newly replicates.
+    MerkleTreesBuilt {
+        /// How many.
+        count: usize,
+    },
     /// Storage failed to commit; dependent outputs were withheld.
     StorageFailed {
         /// The error.
@@ -389,6 +433,11 @@ impl Event {
             Event::RingInstalled { .. } => "ring",
             Event::MessageIgnored { .. } => "ignored",
             Event::StorageFailed { .. } => "storage",
+            Event::MerkleExchangeStarted { .. } => "merkle-start",
+            Event::MerkleLevelCompared { .. } => "merkle-level",
+            Event::MerkleKeysRepaired { .. } => "merkle-repair",
+            Event::MerkleInSync { .. } => "merkle-in-sync",
+            Event::MerkleTreesBuilt { .. } => "merkle-trees",
         }
     }
 }

@@ -43,6 +43,8 @@ pub(crate) enum Timer {
     ForwardDeadline(ReqId),
     /// Purge a tombstone.
     Purge(ReqId),
+    /// Start a Merkle exchange.
+    AntiEntropy,
 }
 
 const META_EPOCH: &str = "epoch";
@@ -66,6 +68,7 @@ pub struct Node<S: Storage> {
     pub(crate) forwards: BTreeMap<ReqId, quorum::Forwarded>,
     pub(crate) purges: BTreeMap<ReqId, quorum::PendingPurge>,
     pub(crate) handoffs: BTreeMap<NodeId, handoff::InFlight>,
+    pub(crate) ae: crate::antientropy::AntiEntropy,
     timers: BTreeSet<(Time, Timer)>,
     outputs: VecDeque<Output>,
     pub(crate) now: Time,
@@ -119,6 +122,7 @@ impl<S: Storage> Node<S> {
             forwards: BTreeMap::new(),
             purges: BTreeMap::new(),
             handoffs: BTreeMap::new(),
+            ae: Default::default(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             now,
@@ -127,6 +131,9 @@ impl<S: Storage> Node<S> {
         node.set_timer(now + jitter, Timer::Probe);
         let jitter = node.jitter(node.config.hint_replay_interval);
         node.set_timer(now + jitter, Timer::HintReplay);
+        let jitter = node.jitter(node.config.anti_entropy_interval);
+        node.set_timer(now + jitter, Timer::AntiEntropy);
+        node.sync_trees();
         node
     }
 
@@ -203,6 +210,7 @@ impl<S: Storage> Node<S> {
         match msg {
             Message::Replica(m) => self.handle_replica_msg(from, m),
             Message::Handoff(m) => self.handle_handoff_msg(from, m),
+            Message::AntiEntropy(m) => self.handle_anti_entropy_msg(from, m),
             Message::Detector(detector::Msg::Ping { nonce }) => {
                 self.send(from, Message::Detector(detector::Msg::Pong { nonce }))
             }
@@ -223,6 +231,7 @@ impl<S: Storage> Node<S> {
                 Timer::Deadline(id) => self.deadline(id),
                 Timer::ForwardDeadline(id) => self.forward_deadline(id),
                 Timer::Purge(id) => self.purge_due(id),
+                Timer::AntiEntropy => self.anti_entropy_tick(),
             }
         }
     }
@@ -283,6 +292,11 @@ impl<S: Storage> Node<S> {
         }]) {
             self.ring = Some(ring);
             self.event(Event::RingInstalled { version });
+            // Only partitions this node newly replicates get a tree built.
+            let built = self.sync_trees();
+            if built > 0 {
+                self.event(Event::MerkleTreesBuilt { count: built });
+            }
         }
     }
 
@@ -297,8 +311,12 @@ impl<S: Storage> Node<S> {
         if ops.is_empty() {
             return true;
         }
+        let updates = self.tree_updates(&ops);
         match self.storage.apply(Batch { ops }) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.update_trees(updates);
+                true
+            }
             Err(e) => {
                 self.event(Event::StorageFailed { error: e.0 });
                 false

@@ -5,7 +5,8 @@
 //!   whose client had seen it (its context covers the write's dot) and which was
 //!   itself acknowledged or is still present;
 //! * no value appears that no client wrote;
-//! * every hint has been delivered (hint stores are empty).
+//! * every hint has been delivered (hint stores are empty);
+//! * every partition's replicas have equal Merkle roots (anti-entropy converged).
 //!
 //! `RINGLAB_SEEDS=N` sets how many seeds run (default 200); `RINGLAB_SEED=S` replays one.
 
@@ -138,6 +139,19 @@ pub fn run_seed(seed: u64) -> Result<(), String> {
             hints.len(),
             &hints[..hints.len().min(3)]
         ));
+    }
+
+    // Anti-entropy brings every partition's replicas to equal Merkle roots.
+    let mut waited = 0;
+    while !w.divergent_partitions().is_empty() {
+        if waited >= 60 {
+            return Err(format!(
+                "Merkle roots still differ after 60 s in partitions {:?}",
+                w.divergent_partitions()
+            ));
+        }
+        w.run_for(Dur::secs(1));
+        waited += 1;
     }
 
     // Final reads with R = N.

@@ -225,6 +225,8 @@ pub struct Stats {
     pub bytes: u64,
     /// Events emitted.
     pub events: u64,
+    /// Encoded bytes sent, by message kind.
+    pub bytes_by_kind: BTreeMap<MessageKind, u64>,
 }
 
 #[derive(Debug)]
@@ -439,6 +441,22 @@ impl World {
             .filter_map(|i| {
                 let id = NodeId(i as u32);
                 self.storage(id)?.object(key).map(|o| (id, o))
+            })
+            .collect()
+    }
+
+    /// Partitions whose running primaries disagree on their Merkle root.
+    pub fn divergent_partitions(&self) -> Vec<crate::ring::Partition> {
+        (0..self.ring.partitions())
+            .map(crate::ring::Partition)
+            .filter(|&p| {
+                let roots: Vec<_> = self
+                    .ring
+                    .primaries(p)
+                    .iter()
+                    .filter_map(|&n| self.node(n).map(|node| node.merkle_root(p)))
+                    .collect();
+                roots.windows(2).any(|w| w[0] != w[1])
             })
             .collect()
     }
@@ -848,6 +866,7 @@ impl World {
         buf.clear();
         let buf = postcard::to_extend(&msg, buf).unwrap_or_default();
         self.stats.bytes += buf.len() as u64;
+        *self.stats.bytes_by_kind.entry(msg.kind()).or_default() += buf.len() as u64;
         let fingerprint = fnv(FNV_OFFSET, &buf);
         self.buf = buf;
         let id = self.next_msg;

@@ -1,0 +1,383 @@
+//! Merkle anti-entropy between replicas, driven by the node's timer: the repair of
+//! last resort for what hinted handoff and read repair cannot fix (a wiped disk, a
+//! hint lost with its stand-in, an owner down past the hint window).
+//!
+//! Every `anti_entropy_interval` (jittered) a node picks the next partition it
+//! replicates (rotating) and a reachable co-replica (random), and runs a
+//! [`merkle::Exchange`] with it: roots first — one hash per partition when they
+//! agree — then only the differing branches, down to the differing keys. Both sides
+//! then send each other exactly those keys' version sets and merge them causally
+//! (no overwrite; siblings preserved), which makes both trees identical. Each
+//! exchange is bounded (`merkle_max_keys_per_round`); a large divergence is
+//! finished by later rounds.
+//!
+//! The trees (one per replicated partition, see `merkle.rs`) are derived state:
+//! built from storage at start, updated on every committed write, and on a ring
+//! change only the partitions whose replica set changed are (re)built.
+
+use crate::id::NodeId;
+use crate::merkle::{self, Exchange, MerkleMsg, MerkleTree, Step};
+use crate::message::{Event, Message};
+use crate::node::{Node, Timer};
+use crate::ring::Partition;
+use crate::store::{Op, Storage};
+use crate::time::{Dur, Time};
+use crate::version::Object;
+use bytes::Bytes;
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Anti-entropy messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// One step of a Merkle exchange.
+    Exchange {
+        /// The initiator's exchange number.
+        xid: u64,
+        /// True when sent by the initiator.
+        from_initiator: bool,
+        /// The partition compared.
+        partition: Partition,
+        /// The step.
+        msg: MerkleMsg,
+    },
+    /// The version sets of keys that differ, to merge.
+    Repair {
+        /// The partition.
+        partition: Partition,
+        /// Keys and versions.
+        items: Vec<(Bytes, Object)>,
+    },
+}
+
+/// One exchange in progress.
+pub(crate) struct Session {
+    peer: NodeId,
+    partition: Partition,
+    exchange: Exchange,
+    started: Time,
+}
+
+/// Sessions older than this are abandoned (the peer crashed or a message was lost).
+const SESSION_TTL: Dur = Dur::secs(10);
+
+/// The Merkle item hash of a key's version set: SHA-256(len(key) ‖ key ‖ postcard(object)).
+pub fn item_hash(key: &[u8], object: &Object) -> merkle::Hash {
+    let mut h = Sha256::new();
+    h.update((key.len() as u64).to_le_bytes());
+    h.update(key);
+    h.update(postcard::to_allocvec(object).unwrap_or_default());
+    h.finalize().into()
+}
+
+/// Anti-entropy state of a node.
+#[derive(Default)]
+pub(crate) struct AntiEntropy {
+    pub trees: BTreeMap<Partition, MerkleTree>,
+    outgoing: BTreeMap<u64, Session>,
+    incoming: BTreeMap<(NodeId, u64), Session>,
+    next_xid: u64,
+    cursor: usize,
+}
+
+impl AntiEntropy {
+    pub fn root(&self, p: Partition) -> Option<merkle::Hash> {
+        self.trees.get(&p).map(MerkleTree::root)
+    }
+}
+
+impl<S: Storage> Node<S> {
+    fn merkle_config(&self) -> merkle::MerkleConfig {
+        merkle::MerkleConfig {
+            depth: self.config.merkle_depth,
+            max_keys_per_round: self.config.merkle_max_keys_per_round,
+            ..merkle::MerkleConfig::default()
+        }
+    }
+
+    /// Makes the set of trees match the partitions this node replicates, building
+    /// only the missing ones from storage. Returns how many trees were built.
+    pub(crate) fn sync_trees(&mut self) -> usize {
+        let Some(ring) = &self.ring else { return 0 };
+        let wanted: Vec<Partition> = ring.replicated_by(self.id);
+        let q = ring.partitions();
+        self.ae.trees.retain(|p, _| wanted.contains(p));
+        let missing: Vec<Partition> = wanted
+            .into_iter()
+            .filter(|p| !self.ae.trees.contains_key(p))
+            .collect();
+        if missing.is_empty() {
+            return 0;
+        }
+        let cfg = self.merkle_config();
+        let mut fresh: BTreeMap<Partition, Vec<(Vec<u8>, merkle::Hash)>> =
+            missing.iter().map(|p| (*p, Vec::new())).collect();
+        let mut after: Option<Bytes> = None;
+        loop {
+            let page = self.storage.objects_after(after.as_deref(), 1024);
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, object) in &page {
+                let p = crate::ring::partition_at(crate::ring::key_position(key), q);
+                if let Some(items) = fresh.get_mut(&p) {
+                    items.push((key.to_vec(), item_hash(key, object)));
+                }
+            }
+        }
+        let built = fresh.len();
+        for (p, items) in fresh {
+            self.ae.trees.insert(p, MerkleTree::from_items(cfg, items));
+        }
+        built
+    }
+
+    /// The tree updates a batch implies: (partition, key, new item hash or removal),
+    /// computed before the batch is handed to storage.
+    pub(crate) fn tree_updates(&self, ops: &[Op]) -> Vec<(Partition, Bytes, Option<merkle::Hash>)> {
+        let Some(ring) = &self.ring else {
+            return Vec::new();
+        };
+        ops.iter()
+            .filter_map(|op| {
+                let (key, object) = match op {
+                    Op::PutObject { key, object } => (key, Some(object)),
+                    Op::DeleteObject { key } => (key, None),
+                    _ => return None,
+                };
+                let p = ring.partition_of(key);
+                self.ae
+                    .trees
+                    .contains_key(&p)
+                    .then(|| (p, key.clone(), object.map(|o| item_hash(key, o))))
+            })
+            .collect()
+    }
+
+    /// Applies updates from [`Node::tree_updates`] once their batch is committed.
+    pub(crate) fn update_trees(&mut self, updates: Vec<(Partition, Bytes, Option<merkle::Hash>)>) {
+        for (p, key, hash) in updates {
+            if let Some(tree) = self.ae.trees.get_mut(&p) {
+                match hash {
+                    Some(h) => tree.insert(&key, h),
+                    None => tree.remove(&key),
+                };
+            }
+        }
+    }
+
+    /// The root of this node's tree for `p`, if it replicates `p`.
+    pub fn merkle_root(&self, p: Partition) -> Option<merkle::Hash> {
+        self.ae.root(p)
+    }
+
+    /// This node's tree for `p`, if it replicates `p`.
+    pub fn merkle_tree(&self, p: Partition) -> Option<&MerkleTree> {
+        self.ae.trees.get(&p)
+    }
+
+    pub(crate) fn anti_entropy_tick(&mut self) {
+        let now = self.now;
+        self.ae
+            .outgoing
+            .retain(|_, s| now.since(s.started) < SESSION_TTL);
+        self.ae
+            .incoming
+            .retain(|_, s| now.since(s.started) < SESSION_TTL);
+        let next = now
+            + self.jitter(self.config.anti_entropy_interval)
+            + Dur(self.config.anti_entropy_interval.as_millis() / 2);
+        self.set_timer(next, Timer::AntiEntropy);
+        if !self.ae.outgoing.is_empty() {
+            return;
+        }
+        let Some(ring) = &self.ring else { return };
+        let parts: Vec<Partition> = self.ae.trees.keys().copied().collect();
+        if parts.is_empty() {
+            return;
+        }
+        let p = parts[self.ae.cursor % parts.len()];
+        self.ae.cursor = self.ae.cursor.wrapping_add(1);
+        let peers: Vec<NodeId> = ring
+            .primaries(p)
+            .iter()
+            .copied()
+            .filter(|&n| n != self.id && self.detector.is_reachable(n))
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = peers[(self.rng.next_u64() % peers.len() as u64) as usize];
+        let Some(tree) = self.ae.trees.get(&p) else {
+            return;
+        };
+        let (exchange, msg) = Exchange::initiate(tree);
+        self.ae.next_xid += 1;
+        let xid = self.ae.next_xid;
+        self.ae.outgoing.insert(
+            xid,
+            Session {
+                peer,
+                partition: p,
+                exchange,
+                started: now,
+            },
+        );
+        self.event(Event::MerkleExchangeStarted {
+            peer,
+            partition: p.0,
+        });
+        let m = Msg::Exchange {
+            xid,
+            from_initiator: true,
+            partition: p,
+            msg,
+        };
+        self.send(peer, Message::AntiEntropy(m));
+    }
+
+    pub(crate) fn handle_anti_entropy_msg(&mut self, from: NodeId, msg: Msg) {
+        match msg {
+            Msg::Exchange {
+                xid,
+                from_initiator,
+                partition,
+                msg,
+            } => self.exchange_step(from, xid, from_initiator, partition, msg),
+            Msg::Repair { partition, items } => self.merge_repair(from, partition, items),
+        }
+    }
+
+    fn exchange_step(
+        &mut self,
+        from: NodeId,
+        xid: u64,
+        from_initiator: bool,
+        p: Partition,
+        msg: MerkleMsg,
+    ) {
+        if !self.ae.trees.contains_key(&p) {
+            // We do not replicate this partition (our ring view differs): decline silently.
+            return;
+        }
+        let differing = match &msg {
+            MerkleMsg::Level(l) => l.children.len() / 2,
+            _ => 0,
+        };
+        let mut session = if from_initiator {
+            match self.ae.incoming.remove(&(from, xid)) {
+                Some(s) => s,
+                None if matches!(msg, MerkleMsg::Root { .. }) => Session {
+                    peer: from,
+                    partition: p,
+                    exchange: Exchange::respond(),
+                    started: self.now,
+                },
+                None => return,
+            }
+        } else {
+            match self.ae.outgoing.remove(&xid) {
+                Some(s) if s.peer == from && s.partition == p => s,
+                Some(s) => {
+                    self.ae.outgoing.insert(xid, s);
+                    return;
+                }
+                None => return,
+            }
+        };
+        if differing > 0 {
+            self.event(Event::MerkleLevelCompared {
+                peer: from,
+                partition: p.0,
+                differing,
+            });
+        }
+        let Some(tree) = self.ae.trees.get(&p) else {
+            return;
+        };
+        let step = match session.exchange.handle(tree, msg) {
+            Ok(step) => step,
+            Err(e) => {
+                self.event(Event::MessageIgnored {
+                    from,
+                    reason: format!("merkle exchange: {e}"),
+                });
+                return;
+            }
+        };
+        let reply_flag = !from_initiator;
+        let (out, diff) = match step {
+            Step::Send(m) => (Some(m), None),
+            Step::Finish(m, d) => (Some(m), Some(d)),
+            Step::Done(d) => (None, Some(d)),
+        };
+        if let Some(m) = out {
+            let wrapped = Msg::Exchange {
+                xid,
+                from_initiator: reply_flag,
+                partition: p,
+                msg: m,
+            };
+            self.send(from, Message::AntiEntropy(wrapped));
+        }
+        match diff {
+            None => {
+                if from_initiator {
+                    self.ae.incoming.insert((from, xid), session);
+                } else {
+                    self.ae.outgoing.insert(xid, session);
+                }
+            }
+            Some(d) => {
+                if d.send.is_empty() && d.receive.is_empty() {
+                    self.event(Event::MerkleInSync {
+                        peer: from,
+                        partition: p.0,
+                    });
+                }
+                let items: Vec<(Bytes, Object)> = d
+                    .send
+                    .iter()
+                    .map(|k| {
+                        let o = self.storage.object(k).unwrap_or_default();
+                        (Bytes::copy_from_slice(k), o)
+                    })
+                    .collect();
+                if !items.is_empty() {
+                    self.send(
+                        from,
+                        Message::AntiEntropy(Msg::Repair {
+                            partition: p,
+                            items,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    fn merge_repair(&mut self, from: NodeId, p: Partition, items: Vec<(Bytes, Object)>) {
+        if !self.ae.trees.contains_key(&p) {
+            return;
+        }
+        let mut ops = Vec::new();
+        let mut bytes = 0;
+        for (key, object) in items {
+            bytes += key.len() + object.value_bytes();
+            let mut mine = self.storage.object(&key).unwrap_or_default();
+            if mine.merge(&object) {
+                ops.push(Op::PutObject { key, object: mine });
+            }
+        }
+        let n = ops.len();
+        if self.commit(ops) && n > 0 {
+            self.event(Event::MerkleKeysRepaired {
+                peer: from,
+                partition: p.0,
+                n,
+                bytes,
+            });
+        }
+    }
+}
