@@ -1065,38 +1065,39 @@ mod tests {
             .any(|(to, m)| *to == D && matches!(m, Msg::Store { hint: Some(C), .. })));
     }
 
-    #[test]
-    fn store_with_hint_goes_to_the_hint_store_and_is_acked() {
-        let mut d = node(D, 4, Config::default());
+    /// B's object "v" for `key`, and the message asking `D` to hold it for A.
+    fn hinted_store(id: u64, key: &Bytes) -> (Object, Input) {
         let mut obj = Object::new();
-        obj.write(
-            Actor { node: B, epoch: 1 },
-            &VersionVector::new(),
-            Some(Bytes::from_static(b"v")),
-        );
-        let key = Bytes::from_static(b"k");
+        let actor = Actor { node: B, epoch: 1 };
+        obj.write(actor, &VersionVector::new(), Some(Bytes::from_static(b"v")));
         let msg = Msg::Store {
-            id: Some(ReqId(9)),
+            id: Some(ReqId(id)),
             key: key.clone(),
             object: obj.clone(),
             hint: Some(A),
         };
-        d.handle_input(
-            Time(1),
+        (
+            obj,
             Input::Message {
                 from: B,
                 msg: Message::Replica(msg),
             },
-        );
+        )
+    }
+
+    #[test]
+    fn store_with_hint_goes_to_the_hint_store_and_is_acked() {
+        let mut d = node(D, 4, Config::default());
+        let key = Bytes::from_static(b"k");
+        let (obj, input) = hinted_store(9, &key);
+        d.handle_input(Time(1), input);
         let out = drain(&mut d);
         assert!(out.contains(&Output::Event(Event::HintStored {
             owner: A,
             key: key.clone()
         })));
-        assert!(out.contains(&Output::Send {
-            to: B,
-            msg: Message::Replica(Msg::StoreAck { id: ReqId(9) })
-        }));
+        let ack = Message::Replica(Msg::StoreAck { id: ReqId(9) });
+        assert!(out.contains(&Output::Send { to: B, msg: ack }));
         assert!(d.storage().object(&key).is_none());
         assert_eq!(d.storage().hint(A, &key).unwrap().object, obj);
     }
@@ -1108,33 +1109,16 @@ mod tests {
             ..Config::default()
         };
         let mut d = node(D, 4, cfg);
-        for (i, k) in ["k1", "k2"].iter().enumerate() {
-            let mut obj = Object::new();
-            obj.write(
-                Actor { node: B, epoch: 1 },
-                &VersionVector::new(),
-                Some(Bytes::from_static(b"v")),
-            );
-            let key = Bytes::from_static(k.as_bytes());
-            let msg = Msg::Store {
-                id: Some(ReqId(i as u64)),
-                key: key.clone(),
-                object: obj,
-                hint: Some(A),
-            };
-            d.handle_input(
-                Time(1),
-                Input::Message {
-                    from: B,
-                    msg: Message::Replica(msg),
-                },
-            );
+        for (i, k) in [&b"k1"[..], b"k2"].into_iter().enumerate() {
+            let (_, input) = hinted_store(i as u64, &Bytes::copy_from_slice(k));
+            d.handle_input(Time(1), input);
         }
         let out = drain(&mut d);
-        assert!(out.contains(&Output::Event(Event::HintRefused {
+        let refused = Event::HintRefused {
             owner: A,
-            key: Bytes::from_static(b"k2")
-        })));
+            key: Bytes::from_static(b"k2"),
+        };
+        assert!(out.contains(&Output::Event(refused)));
         assert_eq!(sends(&out).len(), 1, "only the stored hint is acked");
     }
 
