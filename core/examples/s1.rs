@@ -35,7 +35,7 @@ fn main() {
     w.run_for(Dur::secs(1));
     w.take_trace();
 
-    step(&mut w, "2. a client writes the key at B");
+    step("2. a client writes the key at B");
     let r = w.submit(
         b,
         ClientOp::Put {
@@ -60,7 +60,7 @@ fn main() {
     w.run_for(Dur::secs(2));
     show(&mut w, &key);
 
-    step(&mut w, "4. the client writes again: the coordinator skips A, D stores the replica with a hint for A");
+    step("4. the client writes again: the coordinator skips A, D stores the replica with a hint for A");
     let r = w.submit(
         b,
         ClientOp::Put {
@@ -92,7 +92,7 @@ fn main() {
     );
 }
 
-fn step(_w: &mut World, title: &str) {
+fn step(title: &str) {
     println!("\n== {title}");
 }
 
