@@ -52,10 +52,7 @@ fn main() {
     w.run_for(Dur::millis(50));
     show(&mut w, &key);
 
-    step(
-        &mut w,
-        "3. A crashes; B stops routing to A once its probes go unanswered",
-    );
+    step("3. A crashes; B stops routing to A once its probes go unanswered");
     w.apply(Action::Crash(a));
     w.run_for(Dur::secs(2));
     show(&mut w, &key);
@@ -74,10 +71,7 @@ fn main() {
     w.run_for(Dur::millis(50));
     show(&mut w, &key);
 
-    step(
-        &mut w,
-        "5./6. A recovers; D hands the hint off and deletes its copy",
-    );
+    step("5./6. A recovers; D hands the hint off and deletes its copy");
     w.apply(Action::Restart(a));
     w.run_for(Dur::secs(2));
     show(&mut w, &key);
