@@ -101,7 +101,13 @@ impl<S: Storage> Node<S> {
     /// only the missing ones from storage. Returns how many trees were built.
     pub(crate) fn sync_trees(&mut self) -> usize {
         let Some(ring) = &self.ring else { return 0 };
-        let wanted: Vec<Partition> = ring.replicated_by(self.id);
+        // Partitions replicated now, plus those this node gains in a pending ring.
+        let mut wanted: Vec<Partition> = ring.replicated_by(self.id);
+        if let Some(pending) = self.membership.pending() {
+            wanted.extend(pending.replicated_by(self.id));
+            wanted.sort();
+            wanted.dedup();
+        }
         let q = ring.partitions();
         self.ae.trees.retain(|p, _| wanted.contains(p));
         let missing: Vec<Partition> = wanted

@@ -50,6 +50,19 @@ pub struct Config {
     pub merkle_depth: u8,
     /// Keys one exchange may repair; more are left for later rounds.
     pub merkle_max_keys_per_round: usize,
+    /// A peer unreachable this long is reported dead to the administrator (an
+    /// event and a metric); it stays in the ring until an explicit remove.
+    pub dead_after: Dur,
+    /// Mean time between push-pull gossip rounds.
+    pub gossip_interval: Dur,
+    /// Peers a fresh change is pushed to at once (rumor mongering).
+    pub gossip_fanout: usize,
+    /// How many times a rumor is forwarded.
+    pub rumor_hops: u8,
+    /// Seed nodes, known to every node.
+    pub seeds: Vec<crate::id::NodeId>,
+    /// A node also syncs with a seed every this many rounds when its random peer was not one.
+    pub seed_gossip_every: u64,
 }
 
 impl Default for Config {
@@ -74,6 +87,12 @@ impl Default for Config {
             anti_entropy_interval: Dur::secs(10),
             merkle_depth: 10,
             merkle_max_keys_per_round: 1000,
+            dead_after: Dur::secs(60),
+            gossip_interval: Dur::secs(1),
+            gossip_fanout: 3,
+            rumor_hops: 4,
+            seeds: Vec::new(),
+            seed_gossip_every: 3,
         }
     }
 }
@@ -92,6 +111,8 @@ impl Config {
             tombstone_grace: Dur::secs(900),
             anti_entropy_interval: Dur::millis(500),
             merkle_depth: 6,
+            gossip_interval: Dur::millis(250),
+            dead_after: Dur::secs(5),
             ..Config::default()
         }
     }

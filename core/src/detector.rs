@@ -43,6 +43,10 @@ pub struct PeerView {
     pub misses: u32,
     /// Outstanding probe: (nonce, sent at).
     pub probe: Option<(u64, Time)>,
+    /// Since when it has been unreachable.
+    pub down_since: Option<Time>,
+    /// Whether it has been reported dead to the administrator (for this outage).
+    pub reported_dead: bool,
 }
 
 impl Default for PeerView {
@@ -52,6 +56,8 @@ impl Default for PeerView {
             last_heard: None,
             misses: 0,
             probe: None,
+            down_since: None,
+            reported_dead: false,
         }
     }
 }
@@ -102,15 +108,18 @@ impl Detector {
             None
         } else {
             p.reachable = true;
+            p.down_since = None;
+            p.reported_dead = false;
             Some(Change::Up(peer))
         }
     }
 
     /// A request to `peer` went unanswered.
-    pub fn request_failed(&mut self, peer: NodeId) -> Option<Change> {
+    pub fn request_failed(&mut self, peer: NodeId, now: Time) -> Option<Change> {
         let p = self.peers.entry(peer).or_default();
         if p.reachable {
             p.reachable = false;
+            p.down_since = Some(now);
             Some(Change::Down(peer))
         } else {
             None
@@ -139,12 +148,25 @@ impl Detector {
                 p.probe = None;
                 if p.reachable && p.misses >= misses_allowed {
                     p.reachable = false;
+                    p.down_since = Some(now);
                     changes.push(Change::Down(peer));
                 }
             }
             let n = nonce();
             p.probe = Some((n, now));
             out.push((peer, n));
+        }
+        out
+    }
+
+    /// Peers unreachable for at least `after` and not yet reported dead; marks them reported.
+    pub fn newly_dead(&mut self, now: Time, after: crate::time::Dur) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            if !p.reported_dead && p.down_since.is_some_and(|t| now.since(t) >= after) {
+                p.reported_dead = true;
+                out.push(*id);
+            }
         }
         out
     }
@@ -190,8 +212,20 @@ mod tests {
     #[test]
     fn request_failure_is_immediate() {
         let mut d = Detector::new();
-        assert_eq!(d.request_failed(NodeId(3)), Some(Change::Down(NodeId(3))));
-        assert_eq!(d.request_failed(NodeId(3)), None);
+        assert_eq!(
+            d.request_failed(NodeId(3), Time(5)),
+            Some(Change::Down(NodeId(3)))
+        );
+        assert_eq!(d.request_failed(NodeId(3), Time(6)), None);
+        assert!(d.newly_dead(Time(50), crate::time::Dur(100)).is_empty());
+        assert_eq!(
+            d.newly_dead(Time(105), crate::time::Dur(100)),
+            vec![NodeId(3)]
+        );
+        assert!(
+            d.newly_dead(Time(500), crate::time::Dur(100)).is_empty(),
+            "reported once"
+        );
         assert!(!d.is_reachable(NodeId(3)));
     }
 }

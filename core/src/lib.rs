@@ -53,6 +53,7 @@
 pub mod antientropy;
 pub mod config;
 pub mod detector;
+pub mod gossip;
 pub mod handoff;
 pub mod id;
 pub mod merkle;
@@ -70,7 +71,7 @@ pub use id::{ClientReq, NodeId, ReqId};
 pub use message::{
     Admin, ClientOp, ClientReply, Event, Input, Message, MessageKind, Output, RequestError,
 };
-pub use node::Node;
+pub use node::{Node, NodeInfo};
 pub use ring::{Partition, Ring};
 pub use store::{MemStorage, Storage};
 pub use time::{Dur, Time};

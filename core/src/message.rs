@@ -6,7 +6,7 @@
 use crate::id::{ClientReq, NodeId};
 use crate::ring::Ring;
 use crate::version::{Dot, VersionVector};
-use crate::{antientropy, detector, handoff, quorum};
+use crate::{antientropy, detector, gossip, handoff, quorum};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -34,10 +34,22 @@ pub enum Input {
 }
 
 /// Administrative commands.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Admin {
-    /// Install a ring (if newer than the current one).
+    /// Install a ring (if newer than the current one): bootstrapping a cluster.
     SetRing(Ring),
+    /// Join the cluster through `contact` (a seed or any member).
+    Join {
+        /// The node to ask.
+        contact: NodeId,
+    },
+    /// Decommission this node: its partitions move to others, then it has left.
+    Leave,
+    /// Remove a (dead) node from the ring; its partitions are reassigned.
+    Remove {
+        /// The node to remove.
+        node: NodeId,
+    },
 }
 
 /// Everything a node asks its driver to do or know.
@@ -72,9 +84,16 @@ pub enum Message {
     Detector(detector::Msg),
     /// Merkle anti-entropy.
     AntiEntropy(antientropy::Msg),
+    /// Membership gossip and partition transfer (boxed: it can carry two rings).
+    Gossip(Box<gossip::Msg>),
 }
 
 impl Message {
+    /// Wraps a gossip message.
+    pub fn gossip(m: gossip::Msg) -> Message {
+        Message::Gossip(Box::new(m))
+    }
+
     /// A short name of the message kind, for traces, colours and counters.
     pub fn kind(&self) -> MessageKind {
         match self {
@@ -91,6 +110,10 @@ impl Message {
             Message::Handoff(_) => MessageKind::Hint,
             Message::Detector(_) => MessageKind::Probe,
             Message::AntiEntropy(_) => MessageKind::Merkle,
+            Message::Gossip(m) => match **m {
+                gossip::Msg::Pull { .. } | gossip::Msg::PullData { .. } => MessageKind::Transfer,
+                _ => MessageKind::Gossip,
+            },
         }
     }
 }
@@ -112,6 +135,10 @@ pub enum MessageKind {
     Probe,
     /// Merkle exchange or repair.
     Merkle,
+    /// Membership gossip.
+    Gossip,
+    /// Partition data streamed to a new owner.
+    Transfer,
 }
 
 /// What a client asks.
@@ -347,6 +374,12 @@ pub enum Event {
         /// Peer.
         peer: NodeId,
     },
+    /// `peer` has been unreachable longer than `dead_after`: reported dead to the
+    /// administrator. It is not removed from the ring and its partitions do not move.
+    PeerReportedDead {
+        /// Peer.
+        peer: NodeId,
+    },
     /// This node can reach `peer` again.
     PeerReachable {
         /// Peer.
@@ -403,6 +436,38 @@ pub enum Event {
         /// How many.
         count: usize,
     },
+    /// This node learned a new state of a member.
+    MemberStateChanged {
+        /// The member.
+        member: NodeId,
+        /// Its status name.
+        status: String,
+        /// Its generation.
+        generation: u64,
+    },
+    /// The claimant proposed a pending ring.
+    RingProposed {
+        /// Its version.
+        version: u64,
+        /// Partitions whose owner changes.
+        moved: usize,
+    },
+    /// The claimant activated the pending ring (every gaining node pulled its data).
+    RingActivated {
+        /// Its version.
+        version: u64,
+    },
+    /// A page of a partition's data arrived from a current replica.
+    PartitionPulled {
+        /// Source.
+        from: NodeId,
+        /// Partition.
+        partition: u32,
+        /// Keys in the page.
+        keys: usize,
+        /// Last page.
+        done: bool,
+    },
     /// Storage failed to commit; dependent outputs were withheld.
     StorageFailed {
         /// The error.
@@ -430,6 +495,7 @@ impl Event {
             Event::TombstonePurged { .. } => "purge",
             Event::PeerUnreachable { .. } => "unreachable",
             Event::PeerReachable { .. } => "reachable",
+            Event::PeerReportedDead { .. } => "dead",
             Event::RingInstalled { .. } => "ring",
             Event::MessageIgnored { .. } => "ignored",
             Event::StorageFailed { .. } => "storage",
@@ -438,6 +504,10 @@ impl Event {
             Event::MerkleKeysRepaired { .. } => "merkle-repair",
             Event::MerkleInSync { .. } => "merkle-in-sync",
             Event::MerkleTreesBuilt { .. } => "merkle-trees",
+            Event::MemberStateChanged { .. } => "member",
+            Event::RingProposed { .. } => "ring-proposed",
+            Event::RingActivated { .. } => "ring-activated",
+            Event::PartitionPulled { .. } => "pull",
         }
     }
 }

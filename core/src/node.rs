@@ -45,11 +45,24 @@ pub(crate) enum Timer {
     Purge(ReqId),
     /// Start a Merkle exchange.
     AntiEntropy,
+    /// Gossip round.
+    Gossip,
 }
 
 const META_EPOCH: &str = "epoch";
 const META_EPOCH_FLOOR: &str = "epoch_floor";
 const META_RING: &str = "ring";
+const META_GENERATION: &str = "generation";
+const META_MEMBERSHIP: &str = "membership";
+
+/// How this node presents itself to the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    /// Peer address, opaque to the core (the simulator uses the node's name).
+    pub addr: String,
+    /// Zone label.
+    pub zone: String,
+}
 
 /// A Ringlab node. See the crate docs for the drain contract.
 pub struct Node<S: Storage> {
@@ -69,6 +82,15 @@ pub struct Node<S: Storage> {
     pub(crate) purges: BTreeMap<ReqId, quorum::PendingPurge>,
     pub(crate) handoffs: BTreeMap<NodeId, handoff::InFlight>,
     pub(crate) ae: crate::antientropy::AntiEntropy,
+    pub(crate) membership: crate::gossip::Membership,
+    pub(crate) gossip_rounds: u64,
+    /// Partitions being pulled for the pending ring, with the last key received.
+    pub(crate) pulls: BTreeMap<crate::ring::Partition, Option<bytes::Bytes>>,
+    pub(crate) pull_version: u64,
+    pub(crate) addr: String,
+    pub(crate) zone: String,
+    pub(crate) generation: u64,
+    in_claimant: bool,
     timers: BTreeSet<(Time, Timer)>,
     outputs: VecDeque<Output>,
     pub(crate) now: Time,
@@ -79,6 +101,29 @@ impl<S: Storage> Node<S> {
     /// over `ring` if it is newer. `seed` seeds the node's only RNG.
     pub fn new(
         id: NodeId,
+        config: Config,
+        ring: Option<Ring>,
+        storage: S,
+        seed: u64,
+        now: Time,
+    ) -> Self {
+        let zone = ring
+            .as_ref()
+            .and_then(|r| r.zone(id))
+            .unwrap_or("default")
+            .to_owned();
+        let info = NodeInfo {
+            addr: id.name(),
+            zone,
+        };
+        Self::start(id, info, config, ring, storage, seed, now)
+    }
+
+    /// Like [`Node::new`], with an explicit address and zone (a node that is not in
+    /// the ring yet and will join).
+    pub fn start(
+        id: NodeId,
+        info: NodeInfo,
         config: Config,
         ring: Option<Ring>,
         storage: S,
@@ -123,6 +168,14 @@ impl<S: Storage> Node<S> {
             purges: BTreeMap::new(),
             handoffs: BTreeMap::new(),
             ae: Default::default(),
+            membership: Default::default(),
+            gossip_rounds: 0,
+            pulls: BTreeMap::new(),
+            pull_version: 0,
+            addr: info.addr,
+            zone: info.zone,
+            generation: 0,
+            in_claimant: false,
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             now,
@@ -133,8 +186,69 @@ impl<S: Storage> Node<S> {
         node.set_timer(now + jitter, Timer::HintReplay);
         let jitter = node.jitter(node.config.anti_entropy_interval);
         node.set_timer(now + jitter, Timer::AntiEntropy);
+        let jitter = node.jitter(node.config.gossip_interval);
+        node.set_timer(now + jitter, Timer::Gossip);
+        node.init_membership();
         node.sync_trees();
+        // Start-up effects (persisting the new generation) are not outputs.
+        node.outputs.clear();
         node
+    }
+
+    /// Loads the persisted membership, bumps the generation, and enters this
+    /// node's own entry; ring members unknown so far get placeholder entries
+    /// (generation 0) that any real entry supersedes.
+    fn init_membership(&mut self) {
+        use crate::gossip::{Delta, Member, Status};
+        let stored: Option<crate::gossip::Membership> = self
+            .storage
+            .meta(META_MEMBERSHIP)
+            .and_then(|b| postcard::from_bytes(&b).ok());
+        let generation = self
+            .storage
+            .meta(META_GENERATION)
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes)
+            + 1;
+        self.generation = generation;
+        self.commit(vec![Op::PutMeta {
+            name: META_GENERATION.into(),
+            value: generation.to_be_bytes().to_vec(),
+        }]);
+        let mut membership = stored.unwrap_or_default();
+        let ring = self.ring.clone();
+        let mut delta = Delta {
+            ring: ring.clone(),
+            ..Delta::default()
+        };
+        if let Some(r) = &ring {
+            for (id, zone) in r.members() {
+                if membership.get(id).is_none() && id != self.id {
+                    delta.members.push(Member {
+                        id,
+                        addr: id.name(),
+                        zone: zone.to_owned(),
+                        generation: 0,
+                        version: 0,
+                        status: Status::Up,
+                        ready: 0,
+                    });
+                }
+            }
+        }
+        membership.merge(&delta);
+        if let Some(r) = membership.ring().cloned() {
+            if self.ring.as_ref() != Some(&r) {
+                self.ring = Some(r);
+            }
+        }
+        let previous = membership.get(self.id).cloned();
+        let me = self.own_member(generation, previous.as_ref());
+        membership.merge(&Delta {
+            members: vec![me],
+            ..Delta::default()
+        });
+        self.membership = membership;
     }
 
     /// This node's id.
@@ -180,7 +294,7 @@ impl<S: Storage> Node<S> {
             Input::Message { from, msg } => self.handle_message(from, msg),
             Input::Client { req, op } => self.handle_client(quorum::Origin::Local(req), op),
             Input::Timeout => self.handle_timeout(),
-            Input::Admin(Admin::SetRing(ring)) => self.install_ring(ring),
+            Input::Admin(admin) => self.handle_admin(admin),
         }
     }
 
@@ -211,6 +325,7 @@ impl<S: Storage> Node<S> {
             Message::Replica(m) => self.handle_replica_msg(from, m),
             Message::Handoff(m) => self.handle_handoff_msg(from, m),
             Message::AntiEntropy(m) => self.handle_anti_entropy_msg(from, m),
+            Message::Gossip(m) => self.handle_gossip_msg(from, *m),
             Message::Detector(detector::Msg::Ping { nonce }) => {
                 self.send(from, Message::Detector(detector::Msg::Pong { nonce }))
             }
@@ -232,19 +347,18 @@ impl<S: Storage> Node<S> {
                 Timer::ForwardDeadline(id) => self.forward_deadline(id),
                 Timer::Purge(id) => self.purge_due(id),
                 Timer::AntiEntropy => self.anti_entropy_tick(),
+                Timer::Gossip => self.gossip_tick(),
             }
         }
     }
 
     fn probe_tick(&mut self) {
-        let peers: Vec<NodeId> = match &self.ring {
-            Some(r) => r
-                .members()
-                .map(|(id, _)| id)
-                .filter(|&p| p != self.id)
-                .collect(),
-            None => Vec::new(),
-        };
+        let peers: Vec<NodeId> = self
+            .membership
+            .members()
+            .filter(|m| m.id != self.id && m.status.is_active())
+            .map(|m| m.id)
+            .collect();
         let mut changes = Vec::new();
         let rng = &mut self.rng;
         let probes = self.detector.probe_round(
@@ -261,6 +375,10 @@ impl<S: Storage> Node<S> {
         for (peer, nonce) in probes {
             self.send(peer, Message::Detector(detector::Msg::Ping { nonce }));
         }
+        // Unreachable for long: tell the administrator. Nothing moves.
+        for peer in self.detector.newly_dead(self.now, self.config.dead_after) {
+            self.event(Event::PeerReportedDead { peer });
+        }
         let next = self.now + self.config.ping_interval;
         self.set_timer(next, Timer::Probe);
     }
@@ -276,12 +394,26 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    fn install_ring(&mut self, ring: Ring) {
-        if self
-            .ring
-            .as_ref()
-            .is_some_and(|r| r.version() >= ring.version())
-        {
+    fn handle_admin(&mut self, admin: Admin) {
+        use crate::gossip::Status;
+        match admin {
+            Admin::SetRing(ring) => {
+                let delta = crate::gossip::Delta {
+                    ring: Some(ring),
+                    ..Default::default()
+                };
+                self.absorb_admin(delta);
+            }
+            Admin::Join { contact } => self.admin_join(contact),
+            Admin::Leave => self.admin_set_status(self.id, Status::Leaving),
+            Admin::Remove { node } => self.admin_set_status(node, Status::Removed),
+        }
+    }
+
+    /// Installs `ring` as the routing ring if it differs from the current one (the
+    /// membership merge has already decided it is the newest).
+    pub(crate) fn install_ring(&mut self, ring: Ring) {
+        if self.ring.as_ref() == Some(&ring) {
             return;
         }
         let encoded = postcard::to_allocvec(&ring).unwrap_or_default();
@@ -301,6 +433,12 @@ impl<S: Storage> Node<S> {
     }
 
     /// Whether `peer` is routable in this node's view (self always is).
+    pub(crate) fn claimant_guard(&mut self, on: bool) -> bool {
+        let was = self.in_claimant;
+        self.in_claimant = on;
+        was
+    }
+
     pub(crate) fn healthy(&self, peer: NodeId) -> bool {
         peer == self.id || self.detector.is_reachable(peer)
     }

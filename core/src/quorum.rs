@@ -384,6 +384,25 @@ impl<S: Storage> Node<S> {
             };
             self.send(t.node, Message::Replica(msg));
         }
+        // During a join or leave, new owners get every write too (not counted
+        // toward W), so nothing written while they pull is missed.
+        let extra: Vec<NodeId> = self
+            .membership
+            .pending()
+            .map(|r| r.primaries(partition).to_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| *n != self.id && !targets.iter().any(|t| t.node == *n))
+            .collect();
+        for n in extra {
+            let msg = Msg::Store {
+                id: None,
+                key: key.clone(),
+                object: local.clone(),
+                hint: None,
+            };
+            self.send(n, Message::Replica(msg));
+        }
         let deadline = self.now + self.config.request_timeout;
         let check = self.now + self.config.replica_timeout;
         let coord = Coord {
@@ -654,7 +673,7 @@ impl<S: Storage> Node<S> {
         let partition = c.partition;
         let deadline = c.deadline;
         for &(_, node, _) in &silent {
-            if let Some(change) = self.detector.request_failed(node) {
+            if let Some(change) = self.detector.request_failed(node, self.now) {
                 self.on_reachability(change);
             }
         }
@@ -1019,7 +1038,7 @@ mod tests {
             r.preference_walk(r.partition_of(&key)).collect()
         };
         assert_eq!(walk[3], D);
-        b.detector.request_failed(A);
+        b.detector.request_failed(A, Time(0));
         b.handle_input(Time(0), put(&key, "v"));
         let out = drain(&mut b);
         let s = sends(&out);

@@ -68,6 +68,7 @@ fn s2_hint_lost_with_its_stand_in_is_repaired_by_anti_entropy() {
         .unwrap();
     w.run_for(Dur::secs(1));
     let ctx = put(&mut w, B, &key, "v1", None);
+    w.run_for(Dur::millis(100)); // A's copy arrives too
     w.apply(Action::Crash(A));
     w.run_for(Dur::secs(2));
     put(&mut w, B, &key, "v2", Some(ctx));

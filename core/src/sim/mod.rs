@@ -17,7 +17,7 @@ use crate::id::{ClientReq, NodeId};
 use crate::message::{
     Admin, ClientOp, ClientReply, Event, Input, Message, MessageKind, Output, RequestError,
 };
-use crate::node::Node;
+use crate::node::{Node, NodeInfo};
 use crate::ring::Ring;
 use crate::store::{MemStorage, Storage};
 use crate::time::{Dur, Time};
@@ -48,6 +48,15 @@ pub struct SimConfig {
     pub config: Config,
     /// Network behaviour.
     pub net: NetConfig,
+    /// Start every node with the ring over all of them (an established cluster).
+    /// When false, each node starts alone and knows nothing: clusters form by
+    /// `Admin::Join` actions through gossip.
+    #[serde(default = "yes")]
+    pub bootstrap: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl SimConfig {
@@ -62,6 +71,7 @@ impl SimConfig {
                 .collect(),
             config: Config::demo(),
             net: NetConfig::default(),
+            bootstrap: true,
         }
     }
 }
@@ -101,6 +111,18 @@ pub enum Action {
     DropMessage(u64),
     /// Start (or change, or with `None` stop) the generated client workload.
     SetWorkload(Option<Workload>),
+    /// An administrator's command to one node.
+    Admin {
+        /// The node.
+        node: NodeId,
+        /// The command.
+        admin: Admin,
+    },
+    /// A new node starts (not yet in any ring; join it with `Admin::Join`).
+    AddNode {
+        /// Its zone.
+        zone: String,
+    },
 }
 
 /// A message on the wire.
@@ -409,9 +431,13 @@ impl World {
         &self.stats
     }
 
-    /// The cluster's ring (as installed on every node).
+    /// The newest ring any running node routes by (the bootstrap ring if none has one).
     pub fn ring(&self) -> &Ring {
-        &self.ring
+        self.slots
+            .iter()
+            .filter_map(|s| s.node.as_ref()?.ring())
+            .max_by_key(|r| r.version())
+            .unwrap_or(&self.ring)
     }
 
     /// Number of nodes (up or down).
@@ -447,11 +473,11 @@ impl World {
 
     /// Partitions whose running primaries disagree on their Merkle root.
     pub fn divergent_partitions(&self) -> Vec<crate::ring::Partition> {
-        (0..self.ring.partitions())
+        let ring = self.ring();
+        (0..ring.partitions())
             .map(crate::ring::Partition)
             .filter(|&p| {
-                let roots: Vec<_> = self
-                    .ring
+                let roots: Vec<_> = ring
                     .primaries(p)
                     .iter()
                     .filter_map(|&n| self.node(n).map(|node| node.merkle_root(p)))
@@ -569,6 +595,20 @@ impl World {
                 }
             }
             Action::Client { .. } => unreachable!("handled above"),
+            Action::Admin { node, admin } => self.feed(node, Input::Admin(admin)),
+            Action::AddNode { zone } => {
+                let id = NodeId(self.slots.len() as u32);
+                self.cfg.nodes.push(NodeSpec { zone });
+                self.slots.push(Slot {
+                    node: None,
+                    disk: Some(MemStorage::new()),
+                    incarnation: 0,
+                    next_wake: None,
+                });
+                let bootstrap = std::mem::replace(&mut self.cfg.bootstrap, false);
+                self.start(id);
+                self.cfg.bootstrap = bootstrap;
+            }
         }
     }
 
@@ -683,13 +723,25 @@ impl World {
         let inc = self.slots[idx].incarnation + 1;
         let disk = self.slots[idx].disk.take().unwrap_or_default();
         let seed = splitmix(self.cfg.seed ^ (u64::from(id.0) << 32) ^ u64::from(inc));
-        let node = Node::new(id, self.cfg.config.clone(), None, disk, seed, self.now);
+        let ring = self.cfg.bootstrap.then(|| self.ring().clone());
+        let info = NodeInfo {
+            addr: id.name(),
+            zone: self.cfg.nodes[idx].zone.clone(),
+        };
+        let node = Node::start(
+            id,
+            info,
+            self.cfg.config.clone(),
+            ring,
+            disk,
+            seed,
+            self.now,
+        );
         let slot = &mut self.slots[idx];
         slot.node = Some(node);
         slot.incarnation = inc;
         slot.next_wake = None;
-        // Install the ring through the admin input, as a real operator would.
-        self.feed(id, Input::Admin(Admin::SetRing(self.ring.clone())));
+        self.rearm(id);
     }
 
     fn crash(&mut self, id: NodeId) {

@@ -1,0 +1,321 @@
+//! Membership through gossip in the simulator: SCENARIOS.md S6 (gossip spreads
+//! changes), S7 (logical partition, with and without seeds), S8 (temporary vs
+//! permanent failure), join and leave under a running workload with no
+//! acknowledged write lost, a restarted node's new generation, and a partitioned
+//! minority rejoining.
+
+use ringlab_core::gossip::Status;
+use ringlab_core::sim::{Action, Record, SimConfig, Workload, World};
+use ringlab_core::{Admin, ClientOp, ClientReply, Dur, Event, NodeId, Ring, Time};
+
+const A: NodeId = NodeId(0);
+const B: NodeId = NodeId(1);
+const C: NodeId = NodeId(2);
+const D: NodeId = NodeId(3);
+const E: NodeId = NodeId(4);
+
+fn admin(w: &mut World, node: NodeId, admin: Admin) {
+    w.apply(Action::Admin { node, admin });
+}
+
+fn running(w: &World) -> Vec<NodeId> {
+    (0..w.node_count() as u32)
+        .map(NodeId)
+        .filter(|&n| w.is_up(n))
+        .collect()
+}
+
+/// Whether every running node holds the same membership state.
+fn converged(w: &World) -> bool {
+    let hashes: Vec<u64> = running(w)
+        .iter()
+        .map(|&n| w.node(n).unwrap().membership().hash())
+        .collect();
+    hashes.windows(2).all(|p| p[0] == p[1])
+}
+
+fn knows(w: &World, at: NodeId, who: NodeId) -> bool {
+    w.node(at)
+        .unwrap()
+        .membership()
+        .get(who)
+        .is_some_and(|m| m.generation > 0)
+}
+
+/// Runs in 100 ms steps until `done` or `limit`; returns the time it took.
+fn run_until(w: &mut World, limit: Dur, mut done: impl FnMut(&World) -> bool) -> Option<Dur> {
+    let start = w.now();
+    while w.now().since(start) < limit {
+        if done(w) {
+            return Some(w.now().since(start));
+        }
+        w.run_for(Dur::millis(100));
+    }
+    done(w).then(|| w.now().since(start))
+}
+
+fn fresh_world(seed: u64, nodes: usize, seeds: &[NodeId]) -> World {
+    let mut cfg = SimConfig::new(seed, nodes, 1);
+    cfg.bootstrap = false;
+    cfg.config.seeds = seeds.to_vec();
+    World::new(cfg).unwrap()
+}
+
+#[test]
+fn s6_gossip_spreads_every_change_to_every_node() {
+    let mut w = fresh_world(6, 5, &[]);
+    // A knows B and E; D knows C and E.
+    for (at, contact) in [(A, B), (A, E), (D, C), (D, E)] {
+        admin(&mut w, at, Admin::Join { contact });
+    }
+    // A handles a change (F joins through A); D makes one too (G joins through D).
+    w.apply(Action::AddNode { zone: "z1".into() });
+    w.apply(Action::AddNode { zone: "z1".into() });
+    let (f, g) = (NodeId(5), NodeId(6));
+    admin(&mut w, f, Admin::Join { contact: A });
+    admin(&mut w, g, Admin::Join { contact: D });
+    let took = run_until(&mut w, Dur::secs(20), |w| {
+        converged(w)
+            && running(w)
+                .iter()
+                .all(|&x| running(w).iter().all(|&y| knows(w, x, y)))
+    });
+    let took = took.expect("every node learns every change");
+    let rounds = took.as_millis() / w.sim_config().config.gossip_interval.as_millis();
+    println!("S6: 7 nodes converged in {took} ≈ {rounds} gossip rounds (log2 7 ≈ 2.8)");
+    assert!(rounds <= 12, "{rounds} rounds");
+}
+
+/// Two rings formed through contacts that never met: {A, B} and {C, D}.
+fn two_rings(seeds: &[NodeId]) -> World {
+    let mut w = fresh_world(7, 4, seeds);
+    for first in [A, C] {
+        let ring = Ring::new(16, 3, &[(first, "z1".to_owned())]).unwrap();
+        admin(&mut w, first, Admin::SetRing(ring));
+    }
+    admin(&mut w, B, Admin::Join { contact: A });
+    admin(&mut w, D, Admin::Join { contact: C });
+    w
+}
+
+fn ring_members(w: &World, n: NodeId) -> Vec<NodeId> {
+    w.node(n)
+        .unwrap()
+        .ring()
+        .map(|r| r.members().map(|(id, _)| id).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn s7_without_seeds_two_rings_stay_split() {
+    let mut w = two_rings(&[]);
+    w.run_for(Dur::secs(30));
+    assert_eq!(ring_members(&w, A), vec![A, B]);
+    assert_eq!(ring_members(&w, B), vec![A, B]);
+    assert_eq!(ring_members(&w, C), vec![C, D]);
+    assert_eq!(ring_members(&w, D), vec![C, D]);
+    assert!(
+        !knows(&w, A, C) && !knows(&w, C, A),
+        "each ring believes it is whole"
+    );
+}
+
+#[test]
+fn s7_with_seeds_the_two_rings_merge() {
+    let mut w = two_rings(&[A]);
+    let took = run_until(&mut w, Dur::secs(30), |w| {
+        [A, B, C, D]
+            .iter()
+            .all(|&n| ring_members(w, n) == vec![A, B, C, D])
+            && converged(w)
+    });
+    println!("S7: rings merged through seed A in {took:?}");
+    assert!(
+        took.is_some(),
+        "rings: {:?}",
+        [A, B, C, D].map(|n| ring_members(&w, n))
+    );
+}
+
+#[test]
+fn s8_crash_is_temporary_remove_is_permanent() {
+    let mut w = World::new(SimConfig::new(8, 5, 1)).unwrap();
+    w.record_trace(true);
+    w.run_for(Dur::secs(1));
+    let ring_before = w.ring().clone();
+    w.apply(Action::Crash(B));
+    // Each node stops routing to B on its own…
+    let took = run_until(&mut w, Dur::secs(5), |w| {
+        [A, C, D, E]
+            .iter()
+            .all(|&n| !w.node(n).unwrap().detector().is_reachable(B))
+    });
+    assert!(
+        took.is_some(),
+        "every live node marks B unreachable locally"
+    );
+    // …reports it dead after `dead_after`, but nothing moves.
+    w.run_for(w.sim_config().config.dead_after + Dur::secs(1));
+    let reported: Vec<NodeId> = w
+        .trace()
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Event {
+                node,
+                event: Event::PeerReportedDead { peer },
+            } if *peer == B => Some(*node),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reported.len(),
+        4,
+        "each live node reports B dead once: {reported:?}"
+    );
+    assert_eq!(w.ring(), &ring_before, "a crash never rebalances");
+    // Only an explicit remove changes ownership; B's partitions stream to new owners.
+    admin(&mut w, A, Admin::Remove { node: B });
+    let took = run_until(&mut w, Dur::secs(20), |w| {
+        [A, C, D, E]
+            .iter()
+            .all(|&n| !ring_members(w, n).contains(&B))
+    });
+    assert!(took.is_some(), "B is removed from every node's ring");
+    let after = w.ring().clone();
+    assert!(after.version() > ring_before.version());
+    assert_eq!(
+        after.moved_partitions(&ring_before),
+        ring_before.partitions_owned_by(B).len()
+    );
+    let pulled = w.trace().iter().any(|e| {
+        matches!(
+            &e.record,
+            Record::Event {
+                event: Event::PartitionPulled { .. },
+                ..
+            }
+        )
+    });
+    assert!(pulled, "new owners pulled the data of B's partitions");
+}
+
+/// Every acknowledged write's dot is covered by the final read's context: it is
+/// present, or a later write that saw it replaced it. A lost write is covered by nothing.
+fn assert_no_acked_write_lost(w: &mut World) {
+    let acked: Vec<(bytes::Bytes, ringlab_core::Dot)> = w
+        .clients()
+        .values()
+        .filter_map(|c| match &c.done {
+            Some((_, Ok(ClientReply::Written { dot, .. }))) => Some((c.op.key().clone(), *dot)),
+            _ => None,
+        })
+        .collect();
+    assert!(acked.len() > 100, "the workload wrote: {}", acked.len());
+    let keys: std::collections::BTreeSet<bytes::Bytes> =
+        acked.iter().map(|(k, _)| k.clone()).collect();
+    let at = running(w)[0];
+    for key in keys {
+        let r = w.submit(
+            at,
+            ClientOp::Get {
+                key: key.clone(),
+                r: Some(3),
+            },
+        );
+        let Some(Ok(ClientReply::Read { context, .. })) = w.run_until_done(r, Dur::secs(5)) else {
+            panic!("final read of {key:?} failed: {:?}", w.client(r));
+        };
+        for (k, dot) in &acked {
+            if *k == key {
+                assert!(
+                    context.covers(dot),
+                    "acknowledged write {dot} to {key:?} is lost"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn join_and_leave_under_a_running_workload_lose_no_acknowledged_write() {
+    let mut w = World::new(SimConfig::new(9, 5, 1)).unwrap();
+    w.record_trace(true);
+    w.apply(Action::SetWorkload(Some(Workload {
+        interval: Dur::millis(20),
+        keys: 40,
+        ..Workload::default()
+    })));
+    w.run_for(Dur::secs(3));
+    // F joins through A.
+    w.apply(Action::AddNode { zone: "z1".into() });
+    let f = NodeId(5);
+    admin(&mut w, f, Admin::Join { contact: A });
+    let took = run_until(&mut w, Dur::secs(20), |w| {
+        ring_members(w, A).contains(&f) && converged(w)
+    });
+    assert!(took.is_some(), "F becomes an owner");
+    assert_eq!(
+        w.node(f).unwrap().membership().get(f).unwrap().status,
+        Status::Up
+    );
+    let owned = w.ring().partitions_owned_by(f).len();
+    assert!(
+        (10..=11).contains(&owned),
+        "F took ⌊64/6⌋ or ⌈64/6⌉ partitions: {owned}"
+    );
+    w.run_for(Dur::secs(2));
+    // C leaves.
+    admin(&mut w, C, Admin::Leave);
+    let took = run_until(&mut w, Dur::secs(20), |w| {
+        !ring_members(w, A).contains(&C)
+            && w.node(C).unwrap().membership().get(C).unwrap().status == Status::Left
+    });
+    assert!(took.is_some(), "C hands its partitions over and leaves");
+    w.run_for(Dur::secs(2));
+    w.apply(Action::SetWorkload(None));
+    w.apply(Action::Crash(C));
+    // Settle: anti-entropy finishes whatever the transfer raced with.
+    run_until(&mut w, Dur::secs(60), |w| {
+        w.divergent_partitions().is_empty()
+    })
+    .expect("replicas converge");
+    assert_no_acked_write_lost(&mut w);
+}
+
+#[test]
+fn a_restarted_node_is_accepted_with_its_new_generation() {
+    let mut w = World::new(SimConfig::new(10, 5, 1)).unwrap();
+    w.run_for(Dur::secs(2));
+    assert!(converged(&w));
+    let gen = |w: &World, at: NodeId| w.node(at).unwrap().membership().get(D).unwrap().generation;
+    assert_eq!(gen(&w, A), 1);
+    w.apply(Action::Crash(D));
+    w.run_for(Dur::secs(1));
+    w.apply(Action::Restart(D));
+    let took = run_until(&mut w, Dur::secs(10), |w| {
+        running(w).iter().all(|&n| gen(w, n) == 2) && converged(w)
+    });
+    assert!(took.is_some(), "every node sees D's generation 2");
+    assert_eq!(
+        w.node(A).unwrap().membership().get(D).unwrap().status,
+        Status::Up
+    );
+}
+
+#[test]
+fn a_partitioned_minority_rejoins() {
+    let mut w = World::new(SimConfig::new(12, 5, 1)).unwrap();
+    w.run_for(Dur::secs(1));
+    w.apply(Action::Partition(vec![vec![A, B], vec![C, D, E]]));
+    // Both sides keep changing membership: D restarts (new generation) inside the majority.
+    w.apply(Action::Crash(D));
+    w.run_for(Dur::secs(1));
+    w.apply(Action::Restart(D));
+    w.run_for(Dur::secs(5));
+    assert!(!converged(&w), "the minority has not heard of D's restart");
+    w.apply(Action::Heal);
+    let took = run_until(&mut w, Dur::secs(10), converged);
+    println!("minority rejoined and converged in {took:?}");
+    assert!(took.is_some());
+    assert!(w.now() > Time(0));
+}
