@@ -22,12 +22,22 @@ pub struct Config {
     /// A replica that has not acked a write by then is presumed unreachable and a
     /// stand-in is recruited in its place (sloppy quorum keeps N copies).
     pub replica_timeout: Dur,
-    /// How often each node probes its peers.
-    pub ping_interval: Dur,
-    /// A probe unanswered for this long counts as a miss.
-    pub ping_timeout: Dur,
-    /// Consecutive missed probes before a peer is marked unreachable.
-    pub ping_misses: u32,
+    /// How often a node sends its heartbeat to its monitors.
+    pub heartbeat_interval: Dur,
+    /// How many monitors watch each node (and how many subjects each node watches).
+    pub monitors: usize,
+    /// Phi threshold (an integer, so the decision is bit-identical on every platform).
+    pub phi_threshold: u8,
+    /// Floor of the heartbeat-interval standard deviation used by phi.
+    pub phi_min_std: Dur,
+    /// Pause always tolerated on top of the mean heartbeat interval.
+    pub phi_acceptable_pause: Dur,
+    /// Nodes asked to ping a suspect before it is declared unreachable.
+    pub indirect_probes: usize,
+    /// How long a suspicion may be refuted before it is confirmed.
+    pub suspicion_timeout: Dur,
+    /// Observers that must agree before a node adopts "unreachable" from gossip.
+    pub observers_needed: usize,
     /// How often a stand-in retries delivering its hints.
     pub hint_replay_interval: Dur,
     /// Hints per delivery batch.
@@ -74,9 +84,14 @@ impl Default for Config {
             partitions: 64,
             request_timeout: Dur::secs(2),
             replica_timeout: Dur::millis(500),
-            ping_interval: Dur::secs(1),
-            ping_timeout: Dur::millis(800),
-            ping_misses: 2,
+            heartbeat_interval: Dur::millis(500),
+            monitors: 3,
+            phi_threshold: 8,
+            phi_min_std: Dur::millis(100),
+            phi_acceptable_pause: Dur::millis(1000),
+            indirect_probes: 3,
+            suspicion_timeout: Dur::millis(1000),
+            observers_needed: 2,
             hint_replay_interval: Dur::secs(1),
             hint_batch: 64,
             max_hints_per_owner: 100_000,
@@ -104,8 +119,10 @@ impl Config {
         Config {
             request_timeout: Dur::millis(1000),
             replica_timeout: Dur::millis(200),
-            ping_interval: Dur::millis(250),
-            ping_timeout: Dur::millis(200),
+            heartbeat_interval: Dur::millis(250),
+            phi_min_std: Dur::millis(50),
+            phi_acceptable_pause: Dur::millis(500),
+            suspicion_timeout: Dur::millis(500),
             hint_replay_interval: Dur::millis(250),
             hint_window: Dur::secs(600),
             tombstone_grace: Dur::secs(900),
@@ -114,6 +131,17 @@ impl Config {
             gossip_interval: Dur::millis(250),
             dead_after: Dur::secs(5),
             ..Config::default()
+        }
+    }
+
+    /// The phi accrual settings derived from this configuration.
+    pub fn phi(&self) -> crate::phi::PhiConfig {
+        crate::phi::PhiConfig {
+            threshold: f64::from(self.phi_threshold),
+            window: 100,
+            min_std_ms: self.phi_min_std.as_millis(),
+            acceptable_pause_ms: self.phi_acceptable_pause.as_millis(),
+            first_interval_ms: self.heartbeat_interval.as_millis(),
         }
     }
 
@@ -136,6 +164,12 @@ impl Config {
         }
         if self.tombstone_grace <= self.hint_window {
             return Err(ConfigError::TombstoneGrace);
+        }
+        if !(1..=16).contains(&self.phi_threshold)
+            || self.monitors == 0
+            || self.heartbeat_interval == Dur::ZERO
+        {
+            return Err(ConfigError::Detector);
         }
         if self.merkle_depth > 24 {
             return Err(ConfigError::MerkleDepth(self.merkle_depth));
@@ -174,6 +208,9 @@ pub enum ConfigError {
     /// A count that must be positive is zero.
     #[error("hint_batch, max_siblings and merkle_max_keys_per_round must be positive")]
     Zero,
+    /// Detector settings out of range.
+    #[error("phi_threshold must be 1..=16, monitors and heartbeat_interval positive")]
+    Detector,
     /// Merkle depth too large.
     #[error("merkle_depth must be at most 24, got {0}")]
     MerkleDepth(u8),

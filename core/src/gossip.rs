@@ -104,12 +104,31 @@ impl Member {
     }
 }
 
+/// A monitor's published verdict about one subject (see `detector.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Observation {
+    /// The observer's generation when it published this.
+    pub generation: u64,
+    /// The observer's counter within that generation.
+    pub counter: u64,
+    /// True: the observer confirmed the subject unreachable.
+    pub unreachable: bool,
+}
+
+impl Observation {
+    fn key(&self) -> (u64, u64) {
+        (self.generation, self.counter)
+    }
+}
+
 /// The gossiped state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     members: BTreeMap<NodeId, Member>,
     ring: Option<Ring>,
     pending: Option<Ring>,
+    /// (observer, subject) → verdict.
+    observations: BTreeMap<(NodeId, NodeId), Observation>,
 }
 
 /// A compact summary used to find what a peer lacks.
@@ -121,6 +140,8 @@ pub struct Digest {
     pub ring: Option<(u64, u64)>,
     /// Pending ring (version, fingerprint).
     pub pending: Option<(u64, u64)>,
+    /// (observer, subject) → (generation, counter).
+    pub observations: Vec<((NodeId, NodeId), u64, u64)>,
 }
 
 /// Entries and rings to merge.
@@ -132,12 +153,17 @@ pub struct Delta {
     pub ring: Option<Ring>,
     /// Pending ring, if the receiver lacks it.
     pub pending: Option<Ring>,
+    /// Observations the receiver lacks.
+    pub observations: Vec<((NodeId, NodeId), Observation)>,
 }
 
 impl Delta {
     /// Nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.ring.is_none() && self.pending.is_none()
+        self.members.is_empty()
+            && self.ring.is_none()
+            && self.pending.is_none()
+            && self.observations.is_empty()
     }
 }
 
@@ -245,7 +271,17 @@ impl Membership {
                 .collect(),
             ring: ring_key(&self.ring),
             pending: ring_key(&self.pending),
+            observations: self
+                .observations
+                .iter()
+                .map(|(k, o)| (*k, o.generation, o.counter))
+                .collect(),
         }
+    }
+
+    /// Published verdicts, by (observer, subject).
+    pub fn observations(&self) -> impl Iterator<Item = (&(NodeId, NodeId), &Observation)> {
+        self.observations.iter()
     }
 
     /// What a peer with digest `d` lacks (bounded).
@@ -263,10 +299,22 @@ impl Membership {
             let k = ring_key(mine);
             (k.is_some() && k > theirs).then(|| mine.clone()).flatten()
         };
+        let theirs_obs: BTreeMap<(NodeId, NodeId), (u64, u64)> = d
+            .observations
+            .iter()
+            .map(|&(k, g, c)| (k, (g, c)))
+            .collect();
+        let observations = self
+            .observations
+            .iter()
+            .filter(|(k, o)| theirs_obs.get(k).is_none_or(|t| o.key() > *t))
+            .map(|(k, o)| (*k, *o))
+            .collect();
         Delta {
             members,
             ring: newer(&self.ring, d.ring),
             pending: newer(&self.pending, d.pending),
+            observations,
         }
     }
 
@@ -277,6 +325,9 @@ impl Membership {
             .any(|&(id, g, v)| self.members.get(&id).is_none_or(|m| (g, v) > m.key()))
             || d.ring > ring_key(&self.ring)
             || d.pending > ring_key(&self.pending)
+            || d.observations
+                .iter()
+                .any(|&(k, g, c)| self.observations.get(&k).is_none_or(|o| (g, c) > o.key()))
     }
 
     /// Merges `delta`; returns the part that was new here (to pass on as a rumor).
@@ -304,6 +355,16 @@ impl Membership {
                 fresh.pending = Some(r.clone());
             }
         }
+        for (k, o) in &delta.observations {
+            if self
+                .observations
+                .get(k)
+                .is_none_or(|old| o.key() > old.key())
+            {
+                self.observations.insert(*k, *o);
+                fresh.observations.push((*k, *o));
+            }
+        }
         // A pending ring no newer than the active one is done (or superseded).
         if let (Some(p), Some(a)) = (&self.pending, &self.ring) {
             if p.version() <= a.version() {
@@ -311,6 +372,30 @@ impl Membership {
             }
         }
         fresh
+    }
+
+    /// Publishes this node's verdict about `subject`.
+    pub(crate) fn observe(
+        &mut self,
+        observer: NodeId,
+        generation: u64,
+        subject: NodeId,
+        unreachable: bool,
+    ) -> Delta {
+        let counter = self
+            .observations
+            .get(&(observer, subject))
+            .filter(|o| o.generation == generation)
+            .map_or(1, |o| o.counter + 1);
+        let o = Observation {
+            generation,
+            counter,
+            unreachable,
+        };
+        self.merge(&Delta {
+            observations: vec![((observer, subject), o)],
+            ..Delta::default()
+        })
     }
 
     /// Replaces an entry with a newer one made locally (by its owner or an admin).
@@ -329,7 +414,7 @@ impl<S: Storage> Node<S> {
     }
 
     /// Peers to gossip with: active members other than self.
-    fn gossip_peers(&self) -> Vec<NodeId> {
+    pub(crate) fn gossip_peers(&self) -> Vec<NodeId> {
         self.membership
             .members()
             .filter(|m| m.id != self.id && m.status.is_active())
@@ -337,7 +422,7 @@ impl<S: Storage> Node<S> {
             .collect()
     }
 
-    fn random_of(&mut self, from: &[NodeId]) -> Option<NodeId> {
+    pub(crate) fn random_of(&mut self, from: &[NodeId]) -> Option<NodeId> {
         (!from.is_empty()).then(|| from[(self.rng.next_u64() % from.len() as u64) as usize])
     }
 
@@ -465,6 +550,17 @@ impl<S: Storage> Node<S> {
         self.absorb(delta, None);
     }
 
+    /// Publishes this node's verdict about `subject` and spreads it.
+    pub(crate) fn publish_observation(&mut self, subject: NodeId, unreachable: bool) {
+        let fresh = self
+            .membership
+            .observe(self.id, self.generation, subject, unreachable);
+        if !fresh.is_empty() {
+            let hops = self.config.rumor_hops;
+            self.after_membership_change(fresh, hops);
+        }
+    }
+
     /// A local change of this node's own entry (or an admin's change of another's).
     pub(crate) fn change_member(&mut self, m: Member) {
         let fresh = self.membership.put_local(m);
@@ -489,6 +585,9 @@ impl<S: Storage> Node<S> {
         }]);
         if let Some(r) = self.membership.ring().cloned() {
             self.install_ring(r);
+        }
+        if !fresh.observations.is_empty() || !fresh.members.is_empty() {
+            self.recompute_remote_views();
         }
         if fresh.pending.is_some() || fresh.ring.is_some() {
             self.sync_trees();

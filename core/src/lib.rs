@@ -59,6 +59,7 @@ pub mod id;
 pub mod merkle;
 pub mod message;
 pub mod node;
+pub mod phi;
 pub mod quorum;
 pub mod ring;
 pub mod sim;

@@ -374,6 +374,11 @@ pub enum Event {
         /// Peer.
         peer: NodeId,
     },
+    /// A monitored peer's phi crossed the threshold; indirect probes are under way.
+    PeerSuspected {
+        /// Peer.
+        peer: NodeId,
+    },
     /// `peer` has been unreachable longer than `dead_after`: reported dead to the
     /// administrator. It is not removed from the ring and its partitions do not move.
     PeerReportedDead {
@@ -496,6 +501,7 @@ impl Event {
             Event::PeerUnreachable { .. } => "unreachable",
             Event::PeerReachable { .. } => "reachable",
             Event::PeerReportedDead { .. } => "dead",
+            Event::PeerSuspected { .. } => "suspect",
             Event::RingInstalled { .. } => "ring",
             Event::MessageIgnored { .. } => "ignored",
             Event::StorageFailed { .. } => "storage",

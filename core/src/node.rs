@@ -16,7 +16,7 @@
 //! The node never blocks and never fails: problems become events or error replies.
 
 use crate::config::Config;
-use crate::detector::{self, Change, Detector};
+use crate::detector::{Change, Detector};
 use crate::id::{NodeId, ReqId};
 use crate::message::{Admin, Event, Input, Message, Output};
 use crate::ring::Ring;
@@ -31,8 +31,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// depends on, so a stale timer is harmless.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
-    /// Probe peers.
-    Probe,
+    /// Send heartbeats, check subjects, probe locally-unreachable peers.
+    Heartbeat,
     /// Retry hint delivery, expire old hints.
     HintReplay,
     /// A replica request's first-answer deadline (recruit stand-ins).
@@ -91,6 +91,9 @@ pub struct Node<S: Storage> {
     pub(crate) zone: String,
     pub(crate) generation: u64,
     in_claimant: bool,
+    pub(crate) hb_seq: u64,
+    /// Indirect probes this node runs for others: ping nonce → (requester, their nonce, subject, sent).
+    pub(crate) probing_for: BTreeMap<u64, (NodeId, u64, NodeId, Time)>,
     timers: BTreeSet<(Time, Timer)>,
     outputs: VecDeque<Output>,
     pub(crate) now: Time,
@@ -176,12 +179,14 @@ impl<S: Storage> Node<S> {
             zone: info.zone,
             generation: 0,
             in_claimant: false,
+            hb_seq: 0,
+            probing_for: BTreeMap::new(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             now,
         };
-        let jitter = node.jitter(node.config.ping_interval);
-        node.set_timer(now + jitter, Timer::Probe);
+        let jitter = node.jitter(node.config.heartbeat_interval);
+        node.set_timer(now + jitter, Timer::Heartbeat);
         let jitter = node.jitter(node.config.hint_replay_interval);
         node.set_timer(now + jitter, Timer::HintReplay);
         let jitter = node.jitter(node.config.anti_entropy_interval);
@@ -318,18 +323,19 @@ impl<S: Storage> Node<S> {
             });
             return;
         }
+        let was_down = self.detector.view(from).is_some_and(|v| v.local_down);
         if let Some(change) = self.detector.heard_from(from, self.now) {
             self.on_reachability(change);
+        }
+        if was_down {
+            self.retract_observation(from);
         }
         match msg {
             Message::Replica(m) => self.handle_replica_msg(from, m),
             Message::Handoff(m) => self.handle_handoff_msg(from, m),
             Message::AntiEntropy(m) => self.handle_anti_entropy_msg(from, m),
             Message::Gossip(m) => self.handle_gossip_msg(from, *m),
-            Message::Detector(detector::Msg::Ping { nonce }) => {
-                self.send(from, Message::Detector(detector::Msg::Pong { nonce }))
-            }
-            Message::Detector(detector::Msg::Pong { .. }) => {}
+            Message::Detector(m) => self.handle_detector_msg(from, m),
         }
     }
 
@@ -340,7 +346,7 @@ impl<S: Storage> Node<S> {
             }
             self.timers.remove(&(t, timer));
             match timer {
-                Timer::Probe => self.probe_tick(),
+                Timer::Heartbeat => self.heartbeat_tick(),
                 Timer::HintReplay => self.hint_replay_tick(),
                 Timer::ReplicaCheck(id) => self.replica_check(id),
                 Timer::Deadline(id) => self.deadline(id),
@@ -350,37 +356,6 @@ impl<S: Storage> Node<S> {
                 Timer::Gossip => self.gossip_tick(),
             }
         }
-    }
-
-    fn probe_tick(&mut self) {
-        let peers: Vec<NodeId> = self
-            .membership
-            .members()
-            .filter(|m| m.id != self.id && m.status.is_active())
-            .map(|m| m.id)
-            .collect();
-        let mut changes = Vec::new();
-        let rng = &mut self.rng;
-        let probes = self.detector.probe_round(
-            peers,
-            self.now,
-            self.config.ping_timeout,
-            self.config.ping_misses,
-            || rng.next_u64(),
-            &mut changes,
-        );
-        for change in changes {
-            self.on_reachability(change);
-        }
-        for (peer, nonce) in probes {
-            self.send(peer, Message::Detector(detector::Msg::Ping { nonce }));
-        }
-        // Unreachable for long: tell the administrator. Nothing moves.
-        for peer in self.detector.newly_dead(self.now, self.config.dead_after) {
-            self.event(Event::PeerReportedDead { peer });
-        }
-        let next = self.now + self.config.ping_interval;
-        self.set_timer(next, Timer::Probe);
     }
 
     pub(crate) fn on_reachability(&mut self, change: Change) {

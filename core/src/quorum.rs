@@ -673,7 +673,7 @@ impl<S: Storage> Node<S> {
         let partition = c.partition;
         let deadline = c.deadline;
         for &(_, node, _) in &silent {
-            if let Some(change) = self.detector.request_failed(node, self.now) {
+            if let Some(change) = self.detector.mark_down(node, self.now) {
                 self.on_reachability(change);
             }
         }
@@ -1038,7 +1038,7 @@ mod tests {
             r.preference_walk(r.partition_of(&key)).collect()
         };
         assert_eq!(walk[3], D);
-        b.detector.request_failed(A, Time(0));
+        b.detector.mark_down(A, Time(0));
         b.handle_input(Time(0), put(&key, "v"));
         let out = drain(&mut b);
         let s = sends(&out);

@@ -19,7 +19,7 @@ fn same_seed_same_trace_twice() {
     let a = reference_run(SEED, SECS);
     let b = reference_run(SEED, SECS);
     assert!(
-        a.stats().delivered > 5_000,
+        a.stats().delivered > 2_000,
         "the run does something: {:?}",
         a.stats()
     );
