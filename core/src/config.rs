@@ -69,6 +69,8 @@ pub struct Config {
     pub gossip_fanout: usize,
     /// How many times a rumor is forwarded.
     pub rumor_hops: u8,
+    /// Heartbeat ticks during which a node that learned a change pushes it again.
+    pub rumor_rounds: u8,
     /// Seed nodes, known to every node.
     pub seeds: Vec<crate::id::NodeId>,
     /// A node also syncs with a seed every this many rounds when its random peer was not one.
@@ -84,13 +86,13 @@ impl Default for Config {
             partitions: 64,
             request_timeout: Dur::secs(2),
             replica_timeout: Dur::millis(500),
-            heartbeat_interval: Dur::millis(500),
+            heartbeat_interval: Dur::millis(250),
             monitors: 3,
             phi_threshold: 8,
-            phi_min_std: Dur::millis(100),
-            phi_acceptable_pause: Dur::millis(1000),
+            phi_min_std: Dur::millis(50),
+            phi_acceptable_pause: Dur::millis(500),
             indirect_probes: 3,
-            suspicion_timeout: Dur::millis(1000),
+            suspicion_timeout: Dur::millis(500),
             observers_needed: 2,
             hint_replay_interval: Dur::secs(1),
             hint_batch: 64,
@@ -106,6 +108,7 @@ impl Default for Config {
             gossip_interval: Dur::secs(1),
             gossip_fanout: 3,
             rumor_hops: 4,
+            rumor_rounds: 3,
             seeds: Vec::new(),
             seed_gossip_every: 3,
         }
@@ -119,10 +122,6 @@ impl Config {
         Config {
             request_timeout: Dur::millis(1000),
             replica_timeout: Dur::millis(200),
-            heartbeat_interval: Dur::millis(250),
-            phi_min_std: Dur::millis(50),
-            phi_acceptable_pause: Dur::millis(500),
-            suspicion_timeout: Dur::millis(500),
             hint_replay_interval: Dur::millis(250),
             hint_window: Dur::secs(600),
             tombstone_grace: Dur::secs(900),

@@ -315,15 +315,19 @@ pub fn neighbours(cycle: &[NodeId], me: NodeId, k: usize, backwards: bool) -> Ve
 
 /// The node side: heartbeats, suspicion, indirect probes, observations.
 impl<S: crate::store::Storage> crate::node::Node<S> {
-    /// Active members in monitoring order.
-    fn monitoring_cycle(&self) -> Vec<NodeId> {
-        let ids: Vec<NodeId> = self
-            .membership
-            .members()
-            .filter(|m| m.status.is_active())
-            .map(|m| m.id)
-            .collect();
-        cycle(&ids)
+    /// Active members in monitoring order (cached per membership state).
+    fn monitoring_cycle(&mut self) -> Vec<NodeId> {
+        let h = self.membership.hash();
+        if self.cycle_cache.0 != h || self.cycle_cache.1.is_empty() {
+            let ids: Vec<NodeId> = self
+                .membership
+                .members()
+                .filter(|m| m.status.is_active())
+                .map(|m| m.id)
+                .collect();
+            self.cycle_cache = (h, cycle(&ids));
+        }
+        self.cycle_cache.1.clone()
     }
 
     pub(crate) fn heartbeat_tick(&mut self) {
@@ -383,7 +387,9 @@ impl<S: crate::store::Storage> crate::node::Node<S> {
             let nonce = rand_core::RngCore::next_u64(&mut self.rng);
             self.send(peer, Message::Detector(Msg::Ping { nonce }));
         }
-        // 5. Unreachable for long: tell the administrator. Nothing moves.
+        // 5. Keep recent membership changes spreading.
+        self.push_hot_rumors();
+        // 6. Unreachable for long: tell the administrator. Nothing moves.
         for peer in self.detector.newly_dead(self.now, self.config.dead_after) {
             self.event(Event::PeerReportedDead { peer });
         }
@@ -445,6 +451,9 @@ impl<S: crate::store::Storage> crate::node::Node<S> {
     /// Adopts "unreachable" for peers that enough observers confirmed (and this
     /// node has not heard from since it learned of it).
     pub(crate) fn recompute_remote_views(&mut self) {
+        if self.membership.observations().next().is_none() {
+            return;
+        }
         let mut down: BTreeMap<NodeId, usize> = BTreeMap::new();
         let mut reported: Vec<NodeId> = Vec::new();
         for (&(observer, subject), obs) in self.membership.observations() {

@@ -129,6 +129,29 @@ pub struct Membership {
     pending: Option<Ring>,
     /// (observer, subject) → verdict.
     observations: BTreeMap<(NodeId, NodeId), Observation>,
+    /// Derived: ring keys and the state hash, recomputed after every change (a
+    /// push-pull round compares hashes, so they must be cheap to read).
+    #[serde(skip)]
+    cache: CacheCell,
+}
+
+/// Derived data never takes part in equality: two equal states are equal whether
+/// or not their caches were computed yet.
+#[derive(Clone, Debug, Default)]
+struct CacheCell(Option<Cache>);
+
+impl PartialEq for CacheCell {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for CacheCell {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cache {
+    ring: Option<(u64, u64)>,
+    pending: Option<(u64, u64)>,
+    hash: u64,
 }
 
 /// A compact summary used to find what a peer lacks.
@@ -217,7 +240,7 @@ pub enum Msg {
 /// Fingerprint of a ring (FNV-1a of its encoding): the tie-break between two rings
 /// of the same version made by different claimants.
 pub fn ring_fingerprint(r: &Ring) -> u64 {
-    fnv(&postcard::to_allocvec(r).unwrap_or_default())
+    r.fingerprint()
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
@@ -229,8 +252,15 @@ fn fnv(bytes: &[u8]) -> u64 {
     h
 }
 
+/// (version, fingerprint): the order in which rings supersede each other.
+type RingKey = (u64, u64);
+
 fn ring_key(r: &Option<Ring>) -> Option<(u64, u64)> {
-    r.as_ref().map(|r| (r.version(), ring_fingerprint(r)))
+    r.as_ref().map(key_of)
+}
+
+fn key_of(r: &Ring) -> (u64, u64) {
+    (r.version(), ring_fingerprint(r))
 }
 
 const MAX_DELTA_MEMBERS: usize = 256;
@@ -258,7 +288,36 @@ impl Membership {
 
     /// Hash of the whole state (equal states ⇔ equal hashes, up to collisions).
     pub fn hash(&self) -> u64 {
-        fnv(&postcard::to_allocvec(&self.digest()).unwrap_or_default())
+        match &self.cache.0 {
+            Some(c) => c.hash,
+            None => fnv(&postcard::to_allocvec(&self.digest()).unwrap_or_default()),
+        }
+    }
+
+    fn ring_keys(&self) -> (Option<RingKey>, Option<RingKey>) {
+        match &self.cache.0 {
+            Some(c) => (c.ring, c.pending),
+            None => (ring_key(&self.ring), ring_key(&self.pending)),
+        }
+    }
+
+    /// Recomputes the derived cache (after a change or a deserialization).
+    pub(crate) fn refresh(&mut self) {
+        self.refresh_with(ring_key(&self.ring), ring_key(&self.pending));
+    }
+
+    fn refresh_with(&mut self, ring: Option<(u64, u64)>, pending: Option<(u64, u64)>) {
+        self.cache.0 = Some(Cache {
+            ring,
+            pending,
+            hash: 0,
+        });
+        let hash = fnv(&postcard::to_allocvec(&self.digest()).unwrap_or_default());
+        self.cache.0 = Some(Cache {
+            ring,
+            pending,
+            hash,
+        });
     }
 
     /// The digest of this state.
@@ -269,8 +328,8 @@ impl Membership {
                 .values()
                 .map(|m| (m.id, m.generation, m.version))
                 .collect(),
-            ring: ring_key(&self.ring),
-            pending: ring_key(&self.pending),
+            ring: self.ring_keys().0,
+            pending: self.ring_keys().1,
             observations: self
                 .observations
                 .iter()
@@ -295,8 +354,8 @@ impl Membership {
             .take(MAX_DELTA_MEMBERS)
             .cloned()
             .collect();
-        let newer = |mine: &Option<Ring>, theirs: Option<(u64, u64)>| {
-            let k = ring_key(mine);
+        let (rk, pk) = self.ring_keys();
+        let newer = |mine: &Option<Ring>, k: Option<(u64, u64)>, theirs: Option<(u64, u64)>| {
             (k.is_some() && k > theirs).then(|| mine.clone()).flatten()
         };
         let theirs_obs: BTreeMap<(NodeId, NodeId), (u64, u64)> = d
@@ -312,8 +371,8 @@ impl Membership {
             .collect();
         Delta {
             members,
-            ring: newer(&self.ring, d.ring),
-            pending: newer(&self.pending, d.pending),
+            ring: newer(&self.ring, rk, d.ring),
+            pending: newer(&self.pending, pk, d.pending),
             observations,
         }
     }
@@ -323,8 +382,8 @@ impl Membership {
         d.members
             .iter()
             .any(|&(id, g, v)| self.members.get(&id).is_none_or(|m| (g, v) > m.key()))
-            || d.ring > ring_key(&self.ring)
-            || d.pending > ring_key(&self.pending)
+            || d.ring > self.ring_keys().0
+            || d.pending > self.ring_keys().1
             || d.observations
                 .iter()
                 .any(|&(k, g, c)| self.observations.get(&k).is_none_or(|o| (g, c) > o.key()))
@@ -333,6 +392,7 @@ impl Membership {
     /// Merges `delta`; returns the part that was new here (to pass on as a rumor).
     pub fn merge(&mut self, delta: &Delta) -> Delta {
         let mut fresh = Delta::default();
+        let (mut rk, mut pk) = self.ring_keys();
         for m in &delta.members {
             let newer = self
                 .members
@@ -344,14 +404,18 @@ impl Membership {
             }
         }
         if let Some(r) = &delta.ring {
-            if ring_key(&Some(r.clone())) > ring_key(&self.ring) {
+            let k = Some(key_of(r));
+            if k > rk {
                 self.ring = Some(r.clone());
+                rk = k;
                 fresh.ring = Some(r.clone());
             }
         }
         if let Some(r) = &delta.pending {
-            if ring_key(&Some(r.clone())) > ring_key(&self.pending) {
+            let k = Some(key_of(r));
+            if k > pk {
                 self.pending = Some(r.clone());
+                pk = k;
                 fresh.pending = Some(r.clone());
             }
         }
@@ -369,7 +433,11 @@ impl Membership {
         if let (Some(p), Some(a)) = (&self.pending, &self.ring) {
             if p.version() <= a.version() {
                 self.pending = None;
+                pk = None;
             }
+        }
+        if !fresh.is_empty() || self.cache.0.is_none() {
+            self.refresh_with(rk, pk);
         }
         fresh
     }
@@ -427,6 +495,13 @@ impl<S: Storage> Node<S> {
     }
 
     pub(crate) fn gossip_tick(&mut self) {
+        if std::mem::take(&mut self.membership_dirty) {
+            let encoded = postcard::to_allocvec(&self.membership).unwrap_or_default();
+            self.commit(vec![Op::PutMeta {
+                name: "membership".into(),
+                value: encoded,
+            }]);
+        }
         let next = self.now
             + self.jitter(self.config.gossip_interval)
             + crate::time::Dur(self.config.gossip_interval.as_millis() / 2);
@@ -594,6 +669,13 @@ impl<S: Storage> Node<S> {
         }
         self.ensure_pulls();
         self.update_own_status();
+        // Infectious for a few more ticks: under loss a single push is not enough.
+        if self.config.rumor_rounds > 0 {
+            if self.hot.len() >= 32 {
+                self.hot.remove(0);
+            }
+            self.hot.push((fresh.clone(), self.config.rumor_rounds));
+        }
         if hops > 0 {
             let peers = self.gossip_peers();
             for _ in 0..self.config.gossip_fanout.min(peers.len()) {
@@ -609,6 +691,38 @@ impl<S: Storage> Node<S> {
             }
         }
         self.run_claimant();
+    }
+
+    /// Pushes recent changes again to `gossip_fanout` random peers (called every
+    /// heartbeat tick while they are hot). Receivers that learn something from them
+    /// become infectious in turn; those that knew it already stay quiet.
+    pub(crate) fn push_hot_rumors(&mut self) {
+        if self.hot.is_empty() {
+            return;
+        }
+        let mut combined = Delta::default();
+        for (d, rounds) in self.hot.iter_mut() {
+            combined.members.extend(d.members.iter().cloned());
+            combined.observations.extend(d.observations.iter().cloned());
+            if d.ring.is_some() {
+                combined.ring = d.ring.clone();
+            }
+            if d.pending.is_some() {
+                combined.pending = d.pending.clone();
+            }
+            *rounds -= 1;
+        }
+        self.hot.retain(|(_, r)| *r > 0);
+        let peers = self.gossip_peers();
+        for _ in 0..self.config.gossip_fanout.min(peers.len()) {
+            if let Some(p) = self.random_of(&peers) {
+                let msg = Msg::Rumor {
+                    delta: combined.clone(),
+                    hops: 0,
+                };
+                self.send(p, Message::gossip(msg));
+            }
+        }
     }
 
     /// This node's own entry follows the active ring: a joiner that became an owner is
@@ -653,16 +767,17 @@ impl<S: Storage> Node<S> {
         if claimant != Some(me) {
             return;
         }
-        let Some(active) = self.membership.ring().cloned() else {
+        let Some(active) = self.membership.ring() else {
             return;
         };
-        if let Some(pending) = self.membership.pending().cloned() {
-            let all_ready = gaining(&active, &pending).iter().all(|id| {
+        if let Some(pending) = self.membership.pending() {
+            let all_ready = gaining(active, pending).iter().all(|id| {
                 self.membership
                     .get(*id)
                     .is_some_and(|m| m.ready >= pending.version())
             });
             if all_ready {
+                let pending = pending.clone();
                 self.event(Event::RingActivated {
                     version: pending.version(),
                 });
@@ -674,6 +789,14 @@ impl<S: Storage> Node<S> {
             }
             return;
         }
+        let wanted = self.membership.members().any(|m| match m.status {
+            Status::Joining | Status::Up => !active.contains(m.id),
+            Status::Leaving | Status::Left | Status::Removed => active.contains(m.id),
+        });
+        if !wanted {
+            return;
+        }
+        let active = active.clone();
         let mut next = active.clone();
         for m in self.membership.members() {
             let result = match m.status {
@@ -724,17 +847,17 @@ impl<S: Storage> Node<S> {
     /// (Re)sends the next pull request of each partition still being pulled; when
     /// none is left, reports `ready` for the pending version.
     fn continue_pulls(&mut self) {
-        let Some(pending) = self.membership.pending().cloned() else {
+        let Some(pv) = self.membership.pending().map(Ring::version) else {
             return;
         };
-        if pending.version() != self.pull_version {
+        if pv != self.pull_version {
             return;
         }
-        let me = self.membership.get(self.id).cloned();
         if self.pulls.is_empty() {
-            if let Some(me) = me.filter(|m| m.ready < pending.version()) {
+            let me = self.membership.get(self.id).cloned();
+            if let Some(me) = me.filter(|m| m.ready < pv) {
                 self.change_member(Member {
-                    ready: pending.version(),
+                    ready: pv,
                     version: me.version + 1,
                     ..me
                 });

@@ -91,6 +91,11 @@ pub struct Node<S: Storage> {
     pub(crate) zone: String,
     pub(crate) generation: u64,
     in_claimant: bool,
+    pub(crate) membership_dirty: bool,
+    /// Recent changes still being pushed, with the ticks they have left.
+    pub(crate) hot: Vec<(crate::gossip::Delta, u8)>,
+    /// The monitoring cycle, cached with the membership hash it was computed for.
+    pub(crate) cycle_cache: (u64, Vec<NodeId>),
     pub(crate) hb_seq: u64,
     /// Indirect probes this node runs for others: ping nonce → (requester, their nonce, subject, sent).
     pub(crate) probing_for: BTreeMap<u64, (NodeId, u64, NodeId, Time)>,
@@ -179,6 +184,9 @@ impl<S: Storage> Node<S> {
             zone: info.zone,
             generation: 0,
             in_claimant: false,
+            membership_dirty: false,
+            hot: Vec::new(),
+            cycle_cache: (0, Vec::new()),
             hb_seq: 0,
             probing_for: BTreeMap::new(),
             timers: BTreeSet::new(),
@@ -253,6 +261,7 @@ impl<S: Storage> Node<S> {
             members: vec![me],
             ..Delta::default()
         });
+        membership.refresh();
         self.membership = membership;
     }
 

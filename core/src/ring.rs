@@ -383,6 +383,20 @@ impl Ring {
         Ring::from_parts(self.version + 1, self.n, owners, zones)
     }
 
+    /// A 64-bit FNV-1a fingerprint of the ring's facts (version, N, owners, zones),
+    /// computed without copying the ring: gossip's tie-break between two rings of
+    /// the same version.
+    pub fn fingerprint(&self) -> u64 {
+        let facts = (self.version, self.n as u64, &self.owners, &self.zones);
+        let bytes = postcard::to_allocvec(&facts).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+
     /// The partitions `id` owns (its coordinator duties), ascending.
     pub fn partitions_owned_by(&self, id: NodeId) -> Vec<Partition> {
         (0..self.owners.len())
