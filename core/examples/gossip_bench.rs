@@ -221,7 +221,10 @@ fn main() {
         );
         println!("| N | median s | p90 s | missed (120 s) |");
         println!("|---|---|---|---|");
-        for n in [256usize, 1024] {
+        let sizes: Vec<usize> = std::env::var("GB_N")
+            .ok()
+            .map_or(vec![256, 1024], |v| vec![v.parse().unwrap()]);
+        for n in sizes {
             let v: Vec<f64> = (1..=seeds.min(5)).map(|s| mass_join(s, n)).collect();
             let (m, p, miss) = stats(v);
             println!("| {n} | {m:.2} | {p:.2} | {miss} |");

@@ -319,12 +319,7 @@ impl<S: crate::store::Storage> crate::node::Node<S> {
     fn monitoring_cycle(&mut self) -> Vec<NodeId> {
         let h = self.membership.hash();
         if self.cycle_cache.0 != h || self.cycle_cache.1.is_empty() {
-            let ids: Vec<NodeId> = self
-                .membership
-                .members()
-                .filter(|m| m.status.is_active())
-                .map(|m| m.id)
-                .collect();
+            let ids = self.active_members();
             self.cycle_cache = (h, cycle(&ids));
         }
         self.cycle_cache.1.clone()

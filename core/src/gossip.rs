@@ -151,7 +151,24 @@ impl Eq for CacheCell {}
 struct Cache {
     ring: Option<(u64, u64)>,
     pending: Option<(u64, u64)>,
-    hash: u64,
+    /// XOR of the entry hashes of every member and observation: updated in O(1)
+    /// per changed entry, so a 1000-member state does not re-hash on every merge.
+    entries: u64,
+}
+
+use crate::sim::splitmix;
+
+fn member_hash(id: NodeId, generation: u64, version: u64) -> u64 {
+    splitmix(splitmix(splitmix(u64::from(id.0) ^ 0x4d45_4d42) ^ generation) ^ version)
+}
+
+fn observation_hash(k: (NodeId, NodeId), generation: u64, counter: u64) -> u64 {
+    let pair = (u64::from(k.0 .0) << 32) | u64::from(k.1 .0);
+    splitmix(splitmix(splitmix(pair ^ 0x4f42_5345) ^ generation) ^ counter)
+}
+
+fn ring_hash(k: Option<(u64, u64)>) -> u64 {
+    k.map_or(0x6e6f_6e65, |(v, f)| splitmix(splitmix(v) ^ f))
 }
 
 /// A compact summary used to find what a peer lacks.
@@ -243,15 +260,6 @@ pub fn ring_fingerprint(r: &Ring) -> u64 {
     r.fingerprint()
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// (version, fingerprint): the order in which rings supersede each other.
 type RingKey = (u64, u64);
 
@@ -288,10 +296,25 @@ impl Membership {
 
     /// Hash of the whole state (equal states ⇔ equal hashes, up to collisions).
     pub fn hash(&self) -> u64 {
-        match &self.cache.0 {
-            Some(c) => c.hash,
-            None => fnv(&postcard::to_allocvec(&self.digest()).unwrap_or_default()),
-        }
+        let (entries, ring, pending) = match &self.cache.0 {
+            Some(c) => (c.entries, c.ring, c.pending),
+            None => (
+                self.entries_from_scratch(),
+                ring_key(&self.ring),
+                ring_key(&self.pending),
+            ),
+        };
+        splitmix(entries ^ splitmix(ring_hash(ring) ^ ring_hash(pending).rotate_left(29)))
+    }
+
+    fn entries_from_scratch(&self) -> u64 {
+        let m = self
+            .members
+            .values()
+            .fold(0, |h, m| h ^ member_hash(m.id, m.generation, m.version));
+        self.observations.iter().fold(m, |h, (k, o)| {
+            h ^ observation_hash(*k, o.generation, o.counter)
+        })
     }
 
     fn ring_keys(&self) -> (Option<RingKey>, Option<RingKey>) {
@@ -307,16 +330,11 @@ impl Membership {
     }
 
     fn refresh_with(&mut self, ring: Option<(u64, u64)>, pending: Option<(u64, u64)>) {
+        let entries = self.entries_from_scratch();
         self.cache.0 = Some(Cache {
             ring,
             pending,
-            hash: 0,
-        });
-        let hash = fnv(&postcard::to_allocvec(&self.digest()).unwrap_or_default());
-        self.cache.0 = Some(Cache {
-            ring,
-            pending,
-            hash,
+            entries,
         });
     }
 
@@ -392,13 +410,18 @@ impl Membership {
     /// Merges `delta`; returns the part that was new here (to pass on as a rumor).
     pub fn merge(&mut self, delta: &Delta) -> Delta {
         let mut fresh = Delta::default();
+        if self.cache.0.is_none() {
+            self.refresh();
+        }
         let (mut rk, mut pk) = self.ring_keys();
+        let mut entries = self.cache.0.map_or(0, |c| c.entries);
         for m in &delta.members {
-            let newer = self
-                .members
-                .get(&m.id)
-                .is_none_or(|old| m.key() > old.key());
-            if newer {
+            let old = self.members.get(&m.id);
+            if old.is_none_or(|old| m.key() > old.key()) {
+                if let Some(old) = old {
+                    entries ^= member_hash(old.id, old.generation, old.version);
+                }
+                entries ^= member_hash(m.id, m.generation, m.version);
                 self.members.insert(m.id, m.clone());
                 fresh.members.push(m.clone());
             }
@@ -420,11 +443,12 @@ impl Membership {
             }
         }
         for (k, o) in &delta.observations {
-            if self
-                .observations
-                .get(k)
-                .is_none_or(|old| o.key() > old.key())
-            {
+            let old = self.observations.get(k);
+            if old.is_none_or(|old| o.key() > old.key()) {
+                if let Some(old) = old {
+                    entries ^= observation_hash(*k, old.generation, old.counter);
+                }
+                entries ^= observation_hash(*k, o.generation, o.counter);
                 self.observations.insert(*k, *o);
                 fresh.observations.push((*k, *o));
             }
@@ -436,9 +460,11 @@ impl Membership {
                 pk = None;
             }
         }
-        if !fresh.is_empty() || self.cache.0.is_none() {
-            self.refresh_with(rk, pk);
-        }
+        self.cache.0 = Some(Cache {
+            ring: rk,
+            pending: pk,
+            entries,
+        });
         fresh
     }
 
@@ -482,12 +508,27 @@ impl<S: Storage> Node<S> {
     }
 
     /// Peers to gossip with: active members other than self.
-    pub(crate) fn gossip_peers(&self) -> Vec<NodeId> {
-        self.membership
-            .members()
-            .filter(|m| m.id != self.id && m.status.is_active())
-            .map(|m| m.id)
+    pub(crate) fn gossip_peers(&mut self) -> Vec<NodeId> {
+        let me = self.id;
+        self.active_members()
+            .into_iter()
+            .filter(|&id| id != me)
             .collect()
+    }
+
+    /// Active members, ascending (cached per membership state).
+    pub(crate) fn active_members(&mut self) -> Vec<NodeId> {
+        let h = self.membership.hash();
+        if self.active_cache.0 != h || self.active_cache.1.is_empty() {
+            let ids = self
+                .membership
+                .members()
+                .filter(|m| m.status.is_active())
+                .map(|m| m.id)
+                .collect();
+            self.active_cache = (h, ids);
+        }
+        self.active_cache.1.clone()
     }
 
     pub(crate) fn random_of(&mut self, from: &[NodeId]) -> Option<NodeId> {
@@ -653,13 +694,13 @@ impl<S: Storage> Node<S> {
                 generation: m.generation,
             });
         }
-        let encoded = postcard::to_allocvec(&self.membership).unwrap_or_default();
-        self.commit(vec![Op::PutMeta {
-            name: "membership".into(),
-            value: encoded,
-        }]);
-        if let Some(r) = self.membership.ring().cloned() {
-            self.install_ring(r);
+        // Persisted at the next gossip tick (the generation is persisted at start;
+        // everything else here can be re-learned from peers).
+        self.membership_dirty = true;
+        if fresh.ring.is_some() {
+            if let Some(r) = self.membership.ring().cloned() {
+                self.install_ring(r);
+            }
         }
         if !fresh.observations.is_empty() || !fresh.members.is_empty() {
             self.recompute_remote_views();

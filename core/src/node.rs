@@ -96,6 +96,7 @@ pub struct Node<S: Storage> {
     pub(crate) hot: Vec<(crate::gossip::Delta, u8)>,
     /// The monitoring cycle, cached with the membership hash it was computed for.
     pub(crate) cycle_cache: (u64, Vec<NodeId>),
+    pub(crate) active_cache: (u64, Vec<NodeId>),
     pub(crate) hb_seq: u64,
     /// Indirect probes this node runs for others: ping nonce → (requester, their nonce, subject, sent).
     pub(crate) probing_for: BTreeMap<u64, (NodeId, u64, NodeId, Time)>,
@@ -187,6 +188,7 @@ impl<S: Storage> Node<S> {
             membership_dirty: false,
             hot: Vec::new(),
             cycle_cache: (0, Vec::new()),
+            active_cache: (0, Vec::new()),
             hb_seq: 0,
             probing_for: BTreeMap::new(),
             timers: BTreeSet::new(),
