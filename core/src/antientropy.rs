@@ -205,12 +205,7 @@ impl<S: Storage> Node<S> {
         }
         let p = parts[self.ae.cursor % parts.len()];
         self.ae.cursor = self.ae.cursor.wrapping_add(1);
-        let peers: Vec<NodeId> = ring
-            .primaries(p)
-            .iter()
-            .copied()
-            .filter(|&n| n != self.id && self.detector.is_reachable(n))
-            .collect();
+        let peers = self.reachable_replicas(ring, p);
         if peers.is_empty() {
             return;
         }
@@ -367,17 +362,8 @@ impl<S: Storage> Node<S> {
         if !self.ae.trees.contains_key(&p) {
             return;
         }
-        let mut ops = Vec::new();
-        let mut bytes = 0;
-        for (key, object) in items {
-            bytes += key.len() + object.value_bytes();
-            let mut mine = self.storage.object(&key).unwrap_or_default();
-            if mine.merge(&object) {
-                ops.push(Op::PutObject { key, object: mine });
-            }
-        }
-        let n = ops.len();
-        if self.commit(ops) && n > 0 {
+        let bytes = items.iter().map(|(k, o)| k.len() + o.value_bytes()).sum();
+        if let Some(n) = self.merge_own(&items).filter(|&n| n > 0) {
             self.event(Event::MerkleKeysRepaired {
                 peer: from,
                 partition: p.0,

@@ -911,12 +911,7 @@ impl<S: Storage> Node<S> {
         let requests: Vec<(Partition, Option<Bytes>)> =
             self.pulls.iter().map(|(p, a)| (*p, a.clone())).collect();
         for (p, after) in requests {
-            let sources: Vec<NodeId> = active
-                .primaries(p)
-                .iter()
-                .copied()
-                .filter(|&n| n != self.id && self.detector.is_reachable(n))
-                .collect();
+            let sources = self.reachable_replicas(&active, p);
             if let Some(src) = self.random_of(&sources) {
                 self.send(
                     src,
@@ -962,17 +957,7 @@ impl<S: Storage> Node<S> {
             return;
         }
         let last = items.last().map(|(k, _)| k.clone());
-        let mut ops = Vec::new();
-        for (key, object) in &items {
-            let mut mine = self.storage.object(key).unwrap_or_default();
-            if mine.merge(object) {
-                ops.push(Op::PutObject {
-                    key: key.clone(),
-                    object: mine,
-                });
-            }
-        }
-        if !self.commit(ops) {
+        if self.merge_own(&items).is_none() {
             return;
         }
         self.event(Event::PartitionPulled {

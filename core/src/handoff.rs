@@ -118,21 +118,13 @@ impl<S: Storage> Node<S> {
     pub(crate) fn handle_handoff_msg(&mut self, from: NodeId, msg: Msg) {
         match msg {
             Msg::Deliver { batch, items } => {
-                let mut ops = Vec::with_capacity(items.len());
-                let mut acked = Vec::with_capacity(items.len());
-                for (key, object) in items {
-                    let mut mine = self.storage.object(&key).unwrap_or_default();
-                    if mine.merge(&object) {
-                        ops.push(Op::PutObject {
-                            key: key.clone(),
-                            object: mine,
-                        });
-                    }
-                    acked.push((key, object.context().clone()));
-                }
-                if !self.commit(ops) {
+                if self.merge_own(&items).is_none() {
                     return;
                 }
+                let acked: Vec<(Bytes, VersionVector)> = items
+                    .into_iter()
+                    .map(|(key, object)| (key, object.context().clone()))
+                    .collect();
                 self.event(Event::HandoffReceived {
                     from,
                     keys: acked.len(),

@@ -448,6 +448,37 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// Merges other replicas' versions of keys into this node's own copies (handoff,
+    /// anti-entropy, partition pulls) as one batch. Returns how many keys changed,
+    /// or `None` if storage failed (then nothing may be acknowledged).
+    pub(crate) fn merge_own(
+        &mut self,
+        items: &[(bytes::Bytes, crate::version::Object)],
+    ) -> Option<usize> {
+        let mut ops = Vec::new();
+        for (key, object) in items {
+            let mut mine = self.storage.object(key).unwrap_or_default();
+            if mine.merge(object) {
+                ops.push(Op::PutObject {
+                    key: key.clone(),
+                    object: mine,
+                });
+            }
+        }
+        let n = ops.len();
+        self.commit(ops).then_some(n)
+    }
+
+    /// The primaries of `p` other than this node that it can reach: the peers it
+    /// compares trees with or pulls from.
+    pub(crate) fn reachable_replicas(&self, ring: &Ring, p: crate::ring::Partition) -> Vec<NodeId> {
+        ring.primaries(p)
+            .iter()
+            .copied()
+            .filter(|&n| n != self.id && self.detector.is_reachable(n))
+            .collect()
+    }
+
     /// Hands out a fresh epoch; the caller must commit the returned op with its write.
     pub(crate) fn fresh_epoch(&mut self) -> (u64, Op) {
         self.epoch += 1;
