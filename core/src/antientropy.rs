@@ -76,6 +76,8 @@ pub fn item_hash(key: &[u8], object: &Object) -> merkle::Hash {
 #[derive(Default)]
 pub(crate) struct AntiEntropy {
     pub trees: BTreeMap<Partition, MerkleTree>,
+    /// Keys written since the last flush, per tracked partition.
+    pub dirty: BTreeMap<Partition, std::collections::BTreeSet<Bytes>>,
     outgoing: BTreeMap<u64, Session>,
     incoming: BTreeMap<(NodeId, u64), Session>,
     next_xid: u64,
@@ -139,41 +141,54 @@ impl<S: Storage> Node<S> {
         built
     }
 
-    /// The tree updates a batch implies: (partition, key, new item hash or removal),
-    /// computed before the batch is handed to storage.
-    pub(crate) fn tree_updates(&self, ops: &[Op]) -> Vec<(Partition, Bytes, Option<merkle::Hash>)> {
+    /// The keys of tracked partitions a batch touches (cheap: the item hashes are
+    /// computed later, once per key, by [`Node::flush_trees`]).
+    pub(crate) fn tree_updates(&self, ops: &[Op]) -> Vec<(Partition, Bytes)> {
         let Some(ring) = &self.ring else {
             return Vec::new();
         };
         ops.iter()
-            .filter_map(|op| {
-                let (key, object) = match op {
-                    Op::PutObject { key, object } => (key, Some(object)),
-                    Op::DeleteObject { key } => (key, None),
-                    _ => return None,
-                };
-                let p = ring.partition_of(key);
-                self.ae
-                    .trees
-                    .contains_key(&p)
-                    .then(|| (p, key.clone(), object.map(|o| item_hash(key, o))))
+            .filter_map(|op| match op {
+                Op::PutObject { key, .. } | Op::DeleteObject { key } => {
+                    let p = ring.partition_of(key);
+                    self.ae.trees.contains_key(&p).then(|| (p, key.clone()))
+                }
+                _ => None,
             })
             .collect()
     }
 
-    /// Applies updates from [`Node::tree_updates`] once their batch is committed.
-    pub(crate) fn update_trees(&mut self, updates: Vec<(Partition, Bytes, Option<merkle::Hash>)>) {
-        for (p, key, hash) in updates {
-            if let Some(tree) = self.ae.trees.get_mut(&p) {
-                match hash {
-                    Some(h) => tree.insert(&key, h),
-                    None => tree.remove(&key),
-                };
+    /// Marks keys of a committed batch dirty in their trees.
+    pub(crate) fn update_trees(&mut self, updates: Vec<(Partition, Bytes)>) {
+        for (p, key) in updates {
+            self.ae.dirty.entry(p).or_default().insert(key);
+        }
+    }
+
+    /// Brings the trees up to date with storage: one item hash and one path update
+    /// per key written since the last flush, however often it was written. Runs every
+    /// heartbeat tick and before any exchange or pull reads a tree, so trees lag
+    /// storage by at most one tick — the way Riak's AAE updates its trees
+    /// asynchronously — and a hot key costs one hash per tick, not one per write.
+    pub(crate) fn flush_trees(&mut self) {
+        if self.ae.dirty.is_empty() {
+            return;
+        }
+        for (p, keys) in std::mem::take(&mut self.ae.dirty) {
+            for key in keys {
+                let object = self.storage.object(&key);
+                if let Some(tree) = self.ae.trees.get_mut(&p) {
+                    match object {
+                        Some(o) => tree.insert(&key, item_hash(&key, &o)),
+                        None => tree.remove(&key),
+                    };
+                }
             }
         }
     }
 
-    /// The root of this node's tree for `p`, if it replicates `p`.
+    /// The root of this node's tree for `p`, if it replicates `p` (as of the last
+    /// flush: at most one heartbeat tick behind storage).
     pub fn merkle_root(&self, p: Partition) -> Option<merkle::Hash> {
         self.ae.root(p)
     }
@@ -184,6 +199,7 @@ impl<S: Storage> Node<S> {
     }
 
     pub(crate) fn anti_entropy_tick(&mut self) {
+        self.flush_trees();
         let now = self.now;
         self.ae
             .outgoing
@@ -239,6 +255,7 @@ impl<S: Storage> Node<S> {
     }
 
     pub(crate) fn handle_anti_entropy_msg(&mut self, from: NodeId, msg: Msg) {
+        self.flush_trees();
         match msg {
             Msg::Exchange {
                 xid,

@@ -315,13 +315,24 @@ pub fn neighbours(cycle: &[NodeId], me: NodeId, k: usize, backwards: bool) -> Ve
 
 /// The node side: heartbeats, suspicion, indirect probes, observations.
 impl<S: crate::store::Storage> crate::node::Node<S> {
-    /// Active members in monitoring order (cached per membership state).
-    fn monitoring_cycle(&mut self) -> Vec<NodeId> {
+    /// (monitors, subjects) of this node on the monitoring cycle, cached per
+    /// membership state so a heartbeat tick does not sort the membership.
+    fn my_neighbours(&mut self) -> (Vec<NodeId>, Vec<NodeId>) {
         let h = self.membership.hash();
         if self.cycle_cache.0 != h || self.cycle_cache.1.is_empty() {
             let ids = self.active_members();
-            self.cycle_cache = (h, cycle(&ids));
+            let cyc = cycle(&ids);
+            let k = self.config.monitors;
+            let monitors = neighbours(&cyc, self.id, k, true);
+            let subjects = neighbours(&cyc, self.id, k, false);
+            self.cycle_cache = (h, cyc, monitors, subjects);
         }
+        (self.cycle_cache.2.clone(), self.cycle_cache.3.clone())
+    }
+
+    /// The monitoring cycle (cached per membership state).
+    fn monitoring_cycle(&mut self) -> Vec<NodeId> {
+        self.my_neighbours();
         self.cycle_cache.1.clone()
     }
 
@@ -329,18 +340,16 @@ impl<S: crate::store::Storage> crate::node::Node<S> {
         use crate::message::{Event, Message};
         let next = self.now + self.config.heartbeat_interval;
         self.set_timer(next, crate::node::Timer::Heartbeat);
-        let cyc = self.monitoring_cycle();
-        let k = self.config.monitors;
+        let (monitors, subjects) = self.my_neighbours();
         // 1. Heartbeat to my monitors.
         self.hb_seq += 1;
         let seq = self.hb_seq;
-        for m in neighbours(&cyc, self.id, k, true) {
+        for m in monitors {
             self.send(m, Message::Detector(Msg::Heartbeat { seq }));
         }
         // 2. Phi on my subjects; new suspects get indirect probes.
         let phi = self.config.phi();
-        self.detector
-            .set_subjects(&neighbours(&cyc, self.id, k, false), self.now, &phi);
+        self.detector.set_subjects(&subjects, self.now, &phi);
         let rng = &mut self.rng;
         let suspects = self
             .detector
@@ -382,7 +391,8 @@ impl<S: crate::store::Storage> crate::node::Node<S> {
             let nonce = rand_core::RngCore::next_u64(&mut self.rng);
             self.send(peer, Message::Detector(Msg::Ping { nonce }));
         }
-        // 5. Keep recent membership changes spreading.
+        // 5. Keep recent membership changes spreading, and Merkle trees current.
+        self.flush_trees();
         self.push_hot_rumors();
         // 6. Unreachable for long: tell the administrator. Nothing moves.
         for peer in self.detector.newly_dead(self.now, self.config.dead_after) {

@@ -925,6 +925,7 @@ impl<S: Storage> Node<S> {
     }
 
     fn serve_pull(&mut self, from: NodeId, p: Partition, after: Option<Bytes>) {
+        self.flush_trees();
         let Some(tree) = self.ae.trees.get(&p) else {
             return;
         };

@@ -95,7 +95,8 @@ pub struct Node<S: Storage> {
     /// Recent changes still being pushed, with the ticks they have left.
     pub(crate) hot: Vec<(crate::gossip::Delta, u8)>,
     /// The monitoring cycle, cached with the membership hash it was computed for.
-    pub(crate) cycle_cache: (u64, Vec<NodeId>),
+    /// (membership hash, cycle, my monitors, my subjects).
+    pub(crate) cycle_cache: (u64, Vec<NodeId>, Vec<NodeId>, Vec<NodeId>),
     pub(crate) active_cache: (u64, Vec<NodeId>),
     pub(crate) hb_seq: u64,
     /// Indirect probes this node runs for others: ping nonce → (requester, their nonce, subject, sent).
@@ -187,7 +188,7 @@ impl<S: Storage> Node<S> {
             in_claimant: false,
             membership_dirty: false,
             hot: Vec::new(),
-            cycle_cache: (0, Vec::new()),
+            cycle_cache: (0, Vec::new(), Vec::new(), Vec::new()),
             active_cache: (0, Vec::new()),
             hb_seq: 0,
             probing_for: BTreeMap::new(),

@@ -253,9 +253,10 @@ pub struct Stats {
 
 #[derive(Debug)]
 enum What {
-    Deliver(InFlight),
+    /// Boxed: the queue sifts entries on every push and pop, so they stay small.
+    Deliver(Box<InFlight>),
     Wake(NodeId, u32),
-    Act(Action),
+    Act(Box<Action>),
     Workload(u64),
 }
 
@@ -507,7 +508,7 @@ impl World {
             .queue
             .iter()
             .filter_map(|Reverse(s)| match &s.what {
-                What::Deliver(m) => Some((s, m)),
+                What::Deliver(m) => Some((s, &**m)),
                 _ => None,
             })
             .collect();
@@ -614,7 +615,7 @@ impl World {
 
     /// Schedules an action at a later virtual time.
     pub fn schedule(&mut self, at: Time, action: Action) {
-        self.push(at.max(self.now), What::Act(action));
+        self.push(at.max(self.now), What::Act(Box::new(action)));
     }
 
     /// Processes the next event; false when nothing is left to do.
@@ -624,7 +625,7 @@ impl World {
         };
         self.now = self.now.max(s.at);
         match s.what {
-            What::Deliver(m) => self.deliver(m),
+            What::Deliver(m) => self.deliver(*m),
             What::Wake(id, inc) => {
                 let idx = id.0 as usize;
                 if self.slots[idx].incarnation == inc && self.slots[idx].node.is_some() {
@@ -637,7 +638,7 @@ impl World {
                     }
                 }
             }
-            What::Act(a) => self.apply(a),
+            What::Act(a) => self.apply(*a),
             What::Workload(gen) => self.workload_tick(gen),
         }
         true
@@ -955,7 +956,7 @@ impl World {
                         msg: m,
                         fingerprint,
                     };
-                    self.push(at, What::Deliver(f));
+                    self.push(at, What::Deliver(Box::new(f)));
                 }
             }
         }
