@@ -288,6 +288,13 @@ impl<S: Storage> Node<S> {
         &self.storage
     }
 
+    /// The storage, mutably: a durable driver uses this to make deferred commits
+    /// durable (one fsync for many applied batches) before releasing the outputs
+    /// that depend on them. Never change the node's data through it.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// Gives the storage back (the simulator keeps it across a crash).
     pub fn into_storage(self) -> S {
         self.storage
