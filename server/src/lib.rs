@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod config;
 pub mod driver;
 pub mod metrics;
 pub mod storage;
