@@ -167,6 +167,28 @@ impl Default for ClusterOpts {
     }
 }
 
+impl ClusterOpts {
+    /// Defaults with the faster timers tests need (hint replay 250 ms, anti-entropy
+    /// 500 ms, gossip 250 ms, replica timeout 300 ms): the same protocol, noticed sooner.
+    pub fn fast() -> Self {
+        ClusterOpts {
+            extra_args: [
+                "--hint-replay-ms",
+                "250",
+                "--anti-entropy-ms",
+                "500",
+                "--gossip-ms",
+                "250",
+                "--replica-timeout-ms",
+                "300",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..ClusterOpts::default()
+        }
+    }
+}
+
 /// One node process (running or stopped).
 pub struct NodeProc {
     /// Its id (`A`, `B`, …).
@@ -185,6 +207,8 @@ pub struct NodeProc {
     pub seeds: String,
     /// Where its stdout/stderr go (appended across restarts).
     pub log: PathBuf,
+    /// Arguments appended after the cluster's (later flags override earlier ones).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     starts: u32,
 }
@@ -512,6 +536,7 @@ impl Cluster {
                 peer,
                 http,
                 seeds,
+                extra_args: Vec::new(),
                 child: None,
                 starts: 0,
             });
@@ -540,6 +565,7 @@ impl Cluster {
             log: self.dir.path().join(format!("{id}.log")),
             key_file,
             seeds: self.nodes[0].peer.to_string(),
+            extra_args: Vec::new(),
             child: None,
             starts: 0,
         });
@@ -581,6 +607,13 @@ impl Cluster {
             o.partitions.to_string(),
         ];
         args.extend(o.extra_args.iter().cloned());
+        // A per-node flag replaces the cluster-wide one (clap may refuse a repeated flag).
+        for flag in n.extra_args.iter().filter(|a| a.starts_with("--")) {
+            if let Some(p) = args.iter().position(|a| a == flag) {
+                args.drain(p..(p + 2).min(args.len()));
+            }
+        }
+        args.extend(n.extra_args.iter().cloned());
         args
     }
 
