@@ -81,6 +81,38 @@ pub trait PeerSink: Send + 'static {
     fn set_addr(&self, id: NodeId, peer_addr: String);
 }
 
+impl PeerSink for crate::transport::Transport {
+    fn send(&self, to: NodeId, msg: &Message) {
+        crate::transport::Transport::send(self, to, msg);
+    }
+    fn set_addr(&self, id: NodeId, peer_addr: String) {
+        crate::transport::Transport::set_addr(self, id, peer_addr);
+    }
+}
+
+impl From<crate::transport::Incoming> for NetInput {
+    fn from(i: crate::transport::Incoming) -> Self {
+        match i {
+            crate::transport::Incoming::Message { from, msg } => NetInput::Message { from, msg },
+            crate::transport::Incoming::Peer(h) => NetInput::Peer {
+                id: h.id,
+                peer_addr: h.peer_addr,
+            },
+        }
+    }
+}
+
+/// The peer sink of a single-node cluster: it has no peers, so nothing is ever sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoPeers;
+
+impl PeerSink for NoPeers {
+    fn send(&self, to: NodeId, _: &Message) {
+        tracing::warn!(to = %to, "no transport: message to a peer dropped");
+    }
+    fn set_addr(&self, _: NodeId, _: String) {}
+}
+
 /// What arrives from the network.
 #[derive(Debug)]
 pub enum NetInput {

@@ -5,8 +5,11 @@
 
 pub mod api;
 pub mod bench;
+pub mod client;
 pub mod config;
+pub mod demo;
 pub mod driver;
 pub mod metrics;
+pub mod serve;
 pub mod storage;
 pub mod transport;
