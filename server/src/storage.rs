@@ -70,6 +70,15 @@ fn split_hint_key(k: &[u8]) -> Option<(NodeId, &[u8])> {
     Some((NodeId(u32::from_be_bytes(*owner)), key))
 }
 
+/// A read failure, boxed (redb's error is large) so reads stay cheap on the happy path.
+struct ReadErr(Box<redb::Error>);
+
+impl<E: Into<redb::Error>> From<E> for ReadErr {
+    fn from(e: E) -> Self {
+        ReadErr(Box::new(e.into()))
+    }
+}
+
 fn storage_err(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError(format!("{what}: {e}"))
 }
@@ -233,17 +242,17 @@ impl RedbStorage {
     fn read<T: Default>(
         &self,
         what: &str,
-        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, ReadErr>,
     ) -> T {
         let r = self
             .db
             .begin_read()
-            .map_err(redb::Error::from)
+            .map_err(ReadErr::from)
             .and_then(|txn| f(&txn));
         match r {
             Ok(v) => v,
             Err(e) => {
-                tracing::error!(file = %self.path.display(), "storage read ({what}) failed: {e}");
+                tracing::error!(file = %self.path.display(), "storage read ({what}) failed: {}", e.0);
                 T::default()
             }
         }
