@@ -14,6 +14,9 @@
 //!                       ◀───────────────   Accept(hello, seq 1, session_d) | Reject(reason) | 0-length (bad key)
 //!   Message(seq 2, 3, …, session_a) ───▶   Incoming::Message { from: authenticated id }
 //! ```
+//! Both sides report the other's Hello as [`Incoming::Peer`] once the handshake succeeded
+//! (the dialer only for its writers' connections, not for [`Transport::hello`]).
+//!
 //! Invariants: nothing reaches the driver from a connection before its Hello
 //! authenticated and matched our cluster and parameters; every frame after it must
 //! carry the acceptor's session bytes and a growing sequence number; any rejected
@@ -214,6 +217,8 @@ struct Inner {
     counters: Counters,
     shutdown: watch::Sender<bool>,
     local_addr: SocketAddr,
+    /// To the driver; outbound handshakes report `Peer` here too (never blocking).
+    incoming: mpsc::Sender<Incoming>,
 }
 
 impl Inner {
@@ -538,6 +543,9 @@ async fn writer(inner: Arc<Inner>, to: NodeId, mut rx: mpsc::Receiver<Vec<u8>>) 
                     }
                     failures = 0;
                     backoff = BACKOFF_MIN;
+                    // Best effort: a full channel means the driver is busy, and the
+                    // peer's inbound handshake reports it as well.
+                    let _ = inner.incoming.try_send(Incoming::Peer(h));
                     // Write until the queue closes (transport dropped) or the socket fails.
                     let mut batch = Vec::with_capacity(WRITE_BATCH);
                     loop {
@@ -593,6 +601,7 @@ impl Transport {
         );
         let local_addr = listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);
+        let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
         let inner = Arc::new(Inner {
             cluster: frame::cluster_id(&cfg.hello.cluster),
             hello: cfg.hello,
@@ -604,8 +613,8 @@ impl Transport {
             counters: Counters::default(),
             shutdown,
             local_addr,
+            incoming: tx.clone(),
         });
-        let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
         let acc = inner.clone();
         tokio::spawn(async move {
             let limit = Arc::new(Semaphore::new(MAX_INBOUND));

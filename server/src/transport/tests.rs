@@ -95,6 +95,11 @@ async fn messages_flow_both_ways_with_authenticated_sender() {
         other => panic!("expected Peer first, got {other:?}"),
     }
     assert_eq!(next_msg(&mut brx).await, (NodeId(0), ping(7)));
+    // The dialer learns the acceptor's Hello too.
+    match timeout(Duration::from_secs(5), arx.recv()).await.unwrap() {
+        Some(Incoming::Peer(h)) => assert_eq!(h.id, NodeId(1)),
+        other => panic!("expected Peer, got {other:?}"),
+    }
     // Within the queue bound (64), nothing is dropped even before the connection is up.
     for i in 0..60 {
         b.send(NodeId(0), &ping(i));
@@ -274,7 +279,9 @@ async fn oversize_prefix_closes_without_allocating() {
     until(&a, "oversize in handshake", |s| s.rejected.oversize == 2).await;
     // Garbage preamble.
     let mut s = TcpStream::connect(a.local_addr()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     until(&a, "bad preamble", |s| s.rejected.handshake == 1).await;
 }
 
