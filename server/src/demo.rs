@@ -1,7 +1,7 @@
 //! `ringlab demo`: a local cluster of separate `ringlab serve` processes on
 //! 127.0.0.1 (free ports, zones z1..z3, one data dir each under a temp folder,
 //! a fresh cluster key). The first node is its own seed; the others join through
-//! it. Ctrl-C stops every child and removes the temp folder.
+//! it. Ctrl-C (or SIGTERM) stops every child and removes the temp folder.
 
 use anyhow::{bail, Context};
 use std::path::PathBuf;
@@ -129,9 +129,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("\nLogs: {}/<id>.log", dir.display());
     }
     println!("Ctrl-C stops the cluster.");
+    let stop_signal = crate::serve::shutdown_signal();
+    tokio::pin!(stop_signal);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut stop_signal => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 for node in &mut nodes {
                     if let Ok(Some(status)) = node.child.try_wait() {
