@@ -187,6 +187,9 @@ pub struct TransportStats {
     pub dropped_queue_full: u64,
     /// Messages dropped because the peer's address is unknown.
     pub dropped_no_addr: u64,
+    /// Messages dropped because their frame would exceed `max_frame` (the peer would
+    /// refuse it and close the connection).
+    pub dropped_too_large: u64,
     /// Rejections by reason.
     pub rejected: Rejected,
 }
@@ -199,6 +202,7 @@ struct Counters {
     bytes_received: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_no_addr: AtomicU64,
+    dropped_too_large: AtomicU64,
     rejected: [AtomicU64; 7],
 }
 
@@ -688,6 +692,12 @@ impl Transport {
         };
         drop(peers);
         let plaintext = frame::encode_payload(&PayloadRef::Message(msg));
+        if plaintext.len() + frame::MIN_FRAME > inner.max_frame {
+            bump(&inner.counters.dropped_too_large, 1);
+            tracing::error!(peer = %to, bytes = plaintext.len(), max_frame = inner.max_frame,
+                "message too large for one frame, dropped");
+            return;
+        }
         if queue.try_send(plaintext).is_err() {
             bump(&inner.counters.dropped_queue_full, 1);
         }
@@ -712,6 +722,7 @@ impl Transport {
             bytes_received: g(&c.bytes_received),
             dropped_queue_full: g(&c.dropped_queue_full),
             dropped_no_addr: g(&c.dropped_no_addr),
+            dropped_too_large: g(&c.dropped_too_large),
             rejected: Rejected {
                 bad_mac: g(&c.rejected[0]),
                 replay: g(&c.rejected[1]),

@@ -314,6 +314,31 @@ async fn full_queue_drops_without_blocking() {
 }
 
 #[tokio::test]
+async fn messages_above_max_frame_are_dropped_at_the_sender() {
+    let (b, mut brx) = start(1).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a, _) = Transport::start(
+        l,
+        TransportConfig {
+            hello: hello(0),
+            keys: key(1),
+            queue_per_peer: 8,
+            max_frame: 200,
+        },
+    )
+    .unwrap();
+    a.set_addr(NodeId(1), b.local_addr().to_string());
+    let big = Message::Replica(ringlab_core::quorum::Msg::Purge {
+        key: vec![b'k'; 500].into(),
+        context: Default::default(),
+    });
+    a.send(NodeId(1), &big);
+    assert_eq!(a.stats().dropped_too_large, 1);
+    a.send(NodeId(1), &ping(3));
+    assert_eq!(next_msg(&mut brx).await, (NodeId(0), ping(3)));
+}
+
+#[tokio::test]
 async fn sender_reconnects_after_the_peer_restarts() {
     let (a, _arx) = start(0).await;
     let (b, mut brx) = start(1).await;
