@@ -443,7 +443,15 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
         let storage = self.node.storage_mut();
         if storage.pending_sync() {
             let commits = storage.commits();
-            if let Err(e) = storage.sync() {
+            // The fsync blocks: on a multi-threaded runtime let the other tasks
+            // (HTTP, transport) move off this worker meanwhile.
+            let synced = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(|| storage.sync())
+                }
+                _ => storage.sync(),
+            };
+            if let Err(e) = synced {
                 tracing::error!(error = %e, "storage sync failed: stopping (no unsynced write is acknowledged)");
                 return Err(anyhow::anyhow!("storage sync failed: {e}"));
             }
