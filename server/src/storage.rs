@@ -704,6 +704,57 @@ mod tests {
         assert_eq!(s.object(b"a"), Some(obj("1")));
     }
 
+    /// Child half of `crash_after_sync_keeps_synced_batches`: writes, syncs, writes
+    /// more without syncing, then dies without any cleanup (like `kill -9`).
+    #[test]
+    #[ignore]
+    fn crash_child() {
+        let Some(dir) = std::env::var_os("RINGLAB_CRASH_DIR") else {
+            return;
+        };
+        let mut s = RedbStorage::open(Path::new(&dir)).unwrap();
+        for i in 0..100 {
+            apply(
+                &mut s,
+                vec![
+                    put(&format!("k{i:03}"), "v"),
+                    hint(1, &format!("h{i}"), "x"),
+                ],
+            );
+        }
+        s.sync().unwrap();
+        apply(&mut s, vec![put("unsynced", "v")]);
+        std::process::abort();
+    }
+
+    #[test]
+    fn crash_after_sync_keeps_synced_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "storage::tests::crash_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("RINGLAB_CRASH_DIR", dir.path())
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child must die abruptly");
+        let s = RedbStorage::open(dir.path()).expect("recovers after a crash");
+        for i in 0..100 {
+            assert_eq!(
+                s.object(format!("k{i:03}").as_bytes()),
+                Some(obj("v")),
+                "k{i:03}"
+            );
+        }
+        assert_eq!(s.hint_usage(NodeId(1)), (100, 100));
+        assert!(s.object_count() == 100 || s.object_count() == 101);
+    }
+
     fn arb_op() -> impl Strategy<Value = Op> {
         let key = prop::sample::select(vec!["", "a", "ab", "b", "c", "\u{ff}", "z"]);
         let val = "[a-z]{0,6}";
