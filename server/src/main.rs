@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a node: peer transport, durable storage and the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a value: `ringlab put KEY VALUE` (VALUE `-` reads stdin). Prints the new context.
     Put(client::PutArgs),
     /// Read a key: prints the value (or every sibling) on stdout and the context on stderr.
