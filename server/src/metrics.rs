@@ -80,7 +80,7 @@ pub struct TransportSnapshot {
     pub bytes_sent: u64,
     /// Bytes read.
     pub bytes_received: u64,
-    /// Messages dropped, by reason (`queue_full`, `no_address`).
+    /// Messages dropped, by reason (`queue_full`, `no_address`, `too_large`).
     pub dropped: BTreeMap<String, u64>,
     /// Frames or handshakes rejected, by reason (`bad_mac`, `replay`, …).
     pub rejected: BTreeMap<String, u64>,

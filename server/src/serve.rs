@@ -257,6 +257,7 @@ fn snapshot(t: &Transport) -> TransportSnapshot {
         dropped: [
             ("queue_full".to_string(), s.dropped_queue_full),
             ("no_address".to_string(), s.dropped_no_addr),
+            ("too_large".to_string(), s.dropped_too_large),
         ]
         .into_iter()
         .collect(),
