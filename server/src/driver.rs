@@ -515,7 +515,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             self.last_gauges = Some(Instant::now());
             self.metrics.set("objects", storage.object_count() as i64);
             self.metrics
-                .set("gossip_rounds", self.node.gossip_rounds() as i64);
+                .set_counter("gossip_rounds", self.node.gossip_rounds());
         }
     }
 

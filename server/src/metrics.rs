@@ -125,7 +125,7 @@ impl Default for Metrics {
 }
 
 /// Counters the driver bumps, with their help text. Only these names are valid.
-const COUNTERS: [(&str, &str); 16] = [
+const COUNTERS: [(&str, &str); 17] = [
     (
         "hints_stored",
         "Hinted replicas this node stored as a stand-in.",
@@ -169,10 +169,14 @@ const COUNTERS: [(&str, &str); 16] = [
     ),
     ("storage_syncs", "Group commits (one fsync each)."),
     ("messages_ignored", "Peer messages ignored by the core."),
+    (
+        "gossip_rounds",
+        "Gossip rounds started since this process started.",
+    ),
 ];
 
 /// Gauges the driver sets, with their help text.
-const GAUGES: [(&str, &str); 8] = [
+const GAUGES: [(&str, &str); 7] = [
     ("hints_pending", "Hints this node holds for other nodes."),
     (
         "unreachable_peers",
@@ -183,10 +187,6 @@ const GAUGES: [(&str, &str); 8] = [
     ("ring_version", "Version of the ring this node routes by."),
     ("coordinating", "Client requests this node is coordinating."),
     ("client_queue", "Client requests waiting for the node task."),
-    (
-        "gossip_rounds",
-        "Gossip rounds started since this process started.",
-    ),
 ];
 
 impl Metrics {
@@ -228,6 +228,15 @@ impl Metrics {
         if let Ok(mut c) = self.counters.lock() {
             if let Some(v) = c.get_mut(name) {
                 *v += by;
+            }
+        }
+    }
+
+    /// Sets counter `name` to a total counted elsewhere (e.g. by the core).
+    pub fn set_counter(&self, name: &'static str, total: u64) {
+        if let Ok(mut c) = self.counters.lock() {
+            if let Some(v) = c.get_mut(name) {
+                *v = total;
             }
         }
     }
