@@ -281,10 +281,15 @@ impl Default for Http {
 }
 
 impl Http {
-    /// A client whose every request gives up after `timeout`.
+    /// A client whose every request gives up after `timeout`. It opens a fresh
+    /// connection per request: nodes are killed and restarted under it, and a server
+    /// may close a connection after an error reply, so a pooled connection would turn
+    /// into spurious transport errors.
     pub fn new(timeout: Duration) -> Http {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .timeout_global(Some(timeout))
             .build()
             .into();

@@ -1,5 +1,6 @@
 //! S1 with real processes: sloppy quorum and hinted handoff. The first owner X of a
-//! key is killed with SIGKILL; a write with W=2 through another node still succeeds and
+//! key is killed with SIGKILL; once the coordinator has noticed, a write with W=2
+//! through another node still succeeds and
 //! a stand-in keeps a hint for X; X restarts, the hint is handed off, the stand-in's
 //! `ringlab_hints_pending` returns to 0, and X alone (its co-replicas killed) serves the
 //! new value with R=1.
@@ -38,6 +39,10 @@ fn s1_write_through_stand_in_then_handoff_to_restarted_owner() {
     let ctx = r.context.expect("a 204 carries X-Ringlab-Context");
 
     c.kill9(x);
+    // As in the core's S1: the coordinator notices the crash on its own (missed
+    // heartbeats) before the write, so it routes around X instead of forwarding to it.
+    let x_id = c.nodes[x].id.clone();
+    c.wait_status(coord, &x_id, "unreachable", Duration::from_secs(15));
     let r = c
         .put(coord, &key, b"v2", Some(&ctx), Some(2))
         .expect("put v2");
