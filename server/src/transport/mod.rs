@@ -53,6 +53,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const MAX_INBOUND: usize = 1024;
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 256;
+/// Frame limit before the peer authenticated (Hello, Accept and Reject are small).
+const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
 /// Capacity of the channel to the driver (a slow driver backpressures the sockets).
 const INCOMING_CAPACITY: usize = 4096;
 
@@ -287,8 +289,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
     let mut prefix = [0u8; 4];
     r.read_exact(&mut prefix).await?;
     let len = frame::check_len(prefix, max_frame).map_err(ConnError::Frame)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // Grow with the bytes that actually arrive: announcing a large frame and then
+    // trickling costs the sender as much as us.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     let (h, p) = frame::open(keys, state, &body).map_err(ConnError::Frame)?;
     Ok((h, p, 4 + len))
 }
@@ -374,7 +381,13 @@ async fn handshake_out(
         cluster: None,
         last_seq: 0,
     };
-    let reply = read_frame(&mut stream, &inner.keys, &mut state, inner.max_frame).await;
+    let reply = read_frame(
+        &mut stream,
+        &inner.keys,
+        &mut state,
+        inner.max_frame.min(HANDSHAKE_MAX_FRAME),
+    )
+    .await;
     let (header, payload, len) = match reply {
         Ok(r) => r,
         Err(ConnError::Io(e)) => anyhow::bail!(
@@ -451,7 +464,14 @@ async fn serve_conn(
             cluster: None,
             last_seq: 0,
         };
-        match read_frame(&mut stream, &inner.keys, &mut state, inner.max_frame).await {
+        match read_frame(
+            &mut stream,
+            &inner.keys,
+            &mut state,
+            inner.max_frame.min(HANDSHAKE_MAX_FRAME),
+        )
+        .await
+        {
             Ok((header, Payload::Hello(h), len)) if h.id == header.sender => {
                 if let Some((refusal, msg)) = inner.hello.incompatibility(&h) {
                     inner.reject(refusal_reason(refusal), &peer_s, &msg);

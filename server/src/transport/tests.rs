@@ -275,7 +275,8 @@ async fn oversize_prefix_closes_without_allocating() {
     let mut pre = [0u8; 20];
     pre[..4].copy_from_slice(MAGIC);
     s.write_all(&pre).await.unwrap();
-    s.write_all(&[0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+    // 128 KiB: under max_frame (1 MiB) but over the pre-authentication limit (64 KiB).
+    s.write_all(&[0x00, 0x02, 0x00, 0x00]).await.unwrap();
     until(&a, "oversize in handshake", |s| s.rejected.oversize == 2).await;
     // Garbage preamble.
     let mut s = TcpStream::connect(a.local_addr()).await.unwrap();
