@@ -130,8 +130,13 @@ pub fn router(state: ApiState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// Client connections served at once; more are answered 503 and closed, so idle
+/// or slow clients cannot exhaust file descriptors the peer transport needs.
+pub const MAX_CONNECTIONS: usize = 2048;
+
 /// Serves `router` on `listener` over HTTP/1.1 until the task is dropped. Clients
-/// that do not send their headers within `header_timeout` are disconnected.
+/// that do not send their headers within `header_timeout` (or stay idle that long
+/// between requests) are disconnected.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -139,8 +144,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (mut stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
@@ -149,9 +155,26 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let body = r#"{"error":"overloaded","message":"too many client connections"}"#;
+                let head = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                })
+                .await;
+            });
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

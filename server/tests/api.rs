@@ -292,6 +292,16 @@ async fn slow_clients_are_cut_off() {
         "connection still open after the header timeout"
     );
 
+    // An idle keep-alive connection is closed too (the header timer restarts when idle).
+    let mut t = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    t.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "idle connection still open after the timeout");
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+
     // Body never finished: 408 after the body timeout.
     let mut t = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     t.write_all(b"PUT /kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
