@@ -189,6 +189,19 @@ impl ClusterOpts {
     }
 }
 
+impl ClusterOpts {
+    /// Sets `flag` to `value` in [`ClusterOpts::extra_args`], replacing an earlier
+    /// value (clap refuses a repeated flag).
+    pub fn set(mut self, flag: &str, value: impl ToString) -> Self {
+        let value = value.to_string();
+        match self.extra_args.iter().position(|a| a == flag) {
+            Some(p) if p + 1 < self.extra_args.len() => self.extra_args[p + 1] = value,
+            _ => self.extra_args.extend([flag.to_string(), value]),
+        }
+        self
+    }
+}
+
 /// One node process (running or stopped).
 pub struct NodeProc {
     /// Its id (`A`, `B`, …).

@@ -13,14 +13,10 @@ use std::time::{Duration, Instant};
 const READ_TIMEOUT_S: u64 = 2;
 
 fn single_node() -> Cluster {
-    let mut opts = ClusterOpts::fast();
+    let mut opts = ClusterOpts::fast().set("--client-read-timeout-secs", READ_TIMEOUT_S);
     opts.n = 1;
     opts.r = 1;
     opts.w = 1;
-    opts.extra_args.extend([
-        "--client-read-timeout-secs".to_string(),
-        READ_TIMEOUT_S.to_string(),
-    ]);
     Cluster::start(1, opts)
 }
 

@@ -66,14 +66,14 @@ fn no_acknowledged_write_is_lost_under_kill9() {
         }));
     }
 
-    // Faults: every 1.5–3 s kill a random node, restart it 0.3–1.5 s later.
+    // Faults: every 0.8–2 s kill a random node, restart it 0.3–1.2 s later.
     let fault = {
         let (cluster, up, done) = (cluster.clone(), up.clone(), done.clone());
         let mut rng = rand::rngs::StdRng::seed_from_u64(rng.gen());
         std::thread::spawn(move || {
             let mut kills = 0;
             while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(rng.gen_range(1500..3000)));
+                std::thread::sleep(Duration::from_millis(rng.gen_range(800..2000)));
                 if done.load(Ordering::SeqCst) {
                     break;
                 }
@@ -81,7 +81,7 @@ fn no_acknowledged_write_is_lost_under_kill9() {
                 up[victim].store(false, Ordering::SeqCst);
                 cluster.lock().unwrap().kill9(victim);
                 kills += 1;
-                std::thread::sleep(Duration::from_millis(rng.gen_range(300..1500)));
+                std::thread::sleep(Duration::from_millis(rng.gen_range(300..1200)));
                 cluster.lock().unwrap().start_node(victim);
                 up[victim].store(true, Ordering::SeqCst);
             }

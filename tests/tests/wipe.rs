@@ -10,7 +10,11 @@ const KEYS: usize = 200;
 
 #[test]
 fn wiped_node_is_refilled_by_anti_entropy() {
-    let mut c = Cluster::start(4, ClusterOpts::fast());
+    // 16 partitions and frequent exchanges: a full refill needs one Merkle exchange per
+    // partition the node replicates, so this keeps the test well under a minute.
+    let mut opts = ClusterOpts::fast().set("--anti-entropy-ms", 200);
+    opts.partitions = 16;
+    let mut c = Cluster::start(4, opts);
     let ring = c.ring(0).expect("/cluster");
     let x = 1; // not the seed, so it rejoins through A
     let x_id = c.nodes[x].id.clone();
@@ -50,6 +54,7 @@ fn wiped_node_is_refilled_by_anti_entropy() {
         start < mine.len() as f64,
         "a wiped node cannot start with all its keys (objects = {start})"
     );
+    let refill = std::time::Instant::now();
     wait_until(
         "anti-entropy to restore X's keys",
         Duration::from_secs(45),
@@ -58,6 +63,7 @@ fn wiped_node_is_refilled_by_anti_entropy() {
                 .filter(|&v| v >= mine.len() as f64)
         },
     );
+    eprintln!("{x_id} refilled in {:?}", refill.elapsed());
 
     // X alone: every other node killed, so R=1 can only be answered from X's own disk.
     for i in 0..c.nodes.len() {
