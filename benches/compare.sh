@@ -3,6 +3,7 @@
 #
 #   benches/compare.sh                 # full matrix, 10 s per cell
 #   DURATION=3s CLIENTS="1 16" benches/compare.sh
+#   SKIP_BUILD=1 benches/compare.sh  # use the existing target/release/ringlab
 #
 # Starts, on 127.0.0.1 with free ports and a temp dir:
 #   - ringlab: 3 nodes (N=3, W=2, R=2, fsync on: every ack is after a group commit), zones z1..z3;
@@ -33,7 +34,7 @@ fi
 need curl || { echo "curl is required" >&2; exit 1; }
 need python3 || { echo "python3 is required" >&2; exit 1; }
 
-cargo build --release -q -p ringlab-server --bin ringlab
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p ringlab-server --bin ringlab
 BIN="$ROOT/target/release/ringlab"
 
 OUT=$(mktemp -d /tmp/ringlab-compare.XXXXXX)
