@@ -368,6 +368,23 @@ mod tests {
     }
 
     #[test]
+    fn example_file_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringlab.toml");
+        std::fs::write(&path, include_str!("../ringlab.example.toml")).unwrap();
+        let c = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.id, NodeId(0));
+        assert_eq!(c.seeds, vec!["127.0.0.1:7001".to_string()]);
+        assert_eq!(c.core.anti_entropy_interval, Dur::secs(10));
+        assert_eq!(c.cluster_key_file, PathBuf::from("cluster.key"));
+    }
+
+    #[test]
     fn bad_settings_are_explained() {
         let e = ServeArgs {
             w: Some(4),
