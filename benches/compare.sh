@@ -67,7 +67,7 @@ for i in 0 1 2; do
   peer=127.0.0.1:$(free_port)
   http=127.0.0.1:$(free_port)
   [ -z "$SEED" ] && SEED=$peer
-  RUST_LOG=warn "$BIN" serve --id "$id" --peer-addr "$peer" --http "$http" \
+  RUST_LOG=warn,ringlab_server::serve=info "$BIN" serve --id "$id" --peer-addr "$peer" --http "$http" \
     --data-dir "$OUT/ringlab-$id" --seeds "$SEED" --zone "z$((i + 1))" \
     --cluster-key-file "$OUT/cluster.key" --n 3 --r 2 --w 2 --partitions 64 \
     >"$OUT/ringlab-$id.log" 2>&1 &

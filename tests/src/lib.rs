@@ -8,6 +8,11 @@
 //! - each node's stdout/stderr go to a log file; when a test panics the tail of every
 //!   log is printed, and [`Cluster::assert_no_panics`] fails if any log shows a panic;
 //! - conditions are polled with a deadline ([`wait_until`]), never asserted after a fixed sleep.
+//!
+//! Environment: `RINGLAB_BIN` (use this binary), `RINGLAB_NO_BUILD` (skip the nested
+//! `cargo build`), `RINGLAB_KEEP` (keep the temp dir of a failed test), `RINGLAB_TEST_LOG`
+//! (the nodes' `RUST_LOG`, default `info`), `RINGLAB_SEED` (replay a randomized scenario),
+//! `RINGLAB_WRITES` (size of the durability run).
 
 use rand::Rng;
 use serde_json::Value;
@@ -773,8 +778,8 @@ impl Cluster {
             .and_then(|m| m["status"].as_str().map(str::to_string))
     }
 
-    /// Whether every running node lists every cluster node (except `exclude`) as `up` and
-    /// every one of them owns partitions in its view.
+    /// Whether each of `members` lists every one of `members` as `up` and owning
+    /// partitions in its view.
     pub fn formed(&self, members: &[usize]) -> bool {
         members.iter().all(|&i| {
             let Some(v) = self.cluster(i) else {
