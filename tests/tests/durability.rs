@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const WRITERS: usize = 4;
+const WRITERS: usize = 8;
+const READERS: usize = 4;
 /// The writes are spread over at least this long, so several faults hit them.
 const WRITE_SPAN: Duration = Duration::from_secs(12);
 
@@ -114,34 +115,58 @@ fn no_acknowledged_write_is_lost_under_kill9() {
         Ok(m) => m.into_inner().unwrap(),
         Err(_) => panic!("cluster still shared"),
     };
+    let t = Instant::now();
     c.wait_formed();
+    eprintln!(
+        "durability: cluster settled {:?} after the last fault",
+        t.elapsed()
+    );
+    let t = Instant::now();
 
     // Every acknowledged write is readable with R=3 (503s while peers settle are retried).
-    let http = Http::new(Duration::from_secs(5));
-    let mut lost = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(40);
-    for (k, (key, value)) in acked.iter().enumerate() {
-        let node = k % c.nodes.len();
-        let reply = loop {
-            match http.get_kv(&c.url(node), key, Some(3)) {
-                Ok(r) if r.status != 503 => break r,
-                other => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "R=3 reads still failing after the faults stopped: {other:?}"
-                    );
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        };
-        if !reply.values().iter().any(|v| v == value.as_bytes()) {
-            lost.push(format!(
-                "{key}: status {} {:?}",
-                reply.status,
-                reply.values()
-            ));
-        }
-    }
+    let urls: Vec<String> = (0..c.nodes.len()).map(|i| c.url(i)).collect();
+    let lost: Vec<String> = std::thread::scope(|scope| {
+        let chunks: Vec<_> = acked
+            .chunks(acked.len().div_ceil(READERS).max(1))
+            .enumerate()
+            .map(|(t, chunk)| {
+                let urls = &urls;
+                scope.spawn(move || {
+                    let http = Http::new(Duration::from_secs(5));
+                    let mut lost = Vec::new();
+                    for (k, (key, value)) in chunk.iter().enumerate() {
+                        let url = &urls[(k + t) % urls.len()];
+                        let reply = loop {
+                            match http.get_kv(url, key, Some(3)) {
+                                Ok(r) if r.status != 503 => break r,
+                                other => {
+                                    assert!(
+                                        Instant::now() < deadline,
+                                        "R=3 reads still failing after the faults stopped: {other:?}"
+                                    );
+                                    std::thread::sleep(Duration::from_millis(100));
+                                }
+                            }
+                        };
+                        if !reply.values().iter().any(|v| v == value.as_bytes()) {
+                            lost.push(format!(
+                                "{key}: status {} {:?}",
+                                reply.status,
+                                reply.values()
+                            ));
+                        }
+                    }
+                    lost
+                })
+            })
+            .collect();
+        chunks
+            .into_iter()
+            .flat_map(|h| h.join().expect("reader thread"))
+            .collect()
+    });
+    eprintln!("durability: {} R=3 reads in {:?}", acked.len(), t.elapsed());
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged writes lost (seed {seed}, replay with RINGLAB_SEED={seed}):\n{}",
