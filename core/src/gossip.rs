@@ -507,6 +507,11 @@ impl<S: Storage> Node<S> {
         &self.membership
     }
 
+    /// Gossip rounds this node has started since it was (re)started (for metrics).
+    pub fn gossip_rounds(&self) -> u64 {
+        self.gossip_rounds
+    }
+
     /// Peers to gossip with: active members other than self.
     pub(crate) fn gossip_peers(&mut self) -> Vec<NodeId> {
         let me = self.id;

@@ -1,0 +1,588 @@
+//! The client HTTP API (axum), in the spirit of Riak's HTTP API and Garage K2V.
+//!
+//! `PUT|GET|DELETE /kv/{key}`, `GET /cluster`, `GET /health`, `GET /metrics`,
+//! `POST /admin/leave`. Handlers never touch the `Node`: they submit commands to
+//! the node task through a [`Handle`] and read its published snapshot. Every error
+//! is JSON `{"error": kind, "message": …, "needed": …, "got": …}`. Client limits
+//! (key and value size, header and body read time) apply here only, never to
+//! replication. Keys are the percent-decoded bytes of the path after `/kv/`.
+
+use crate::config::Limits;
+use crate::driver::{has_left, ClientResult, Handle, SubmitError};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use base64::Engine as _;
+use ringlab_core::{Admin, ClientOp, ClientReply, RequestError, VersionVector};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The context header (an opaque causal context token).
+pub const CONTEXT_HEADER: &str = "x-ringlab-context";
+
+/// Shared state of the handlers.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// The node task.
+    pub handle: Handle,
+    /// Client limits.
+    pub limits: Limits,
+    /// N, to check `r=` / `w=`.
+    pub n: usize,
+    /// How long a handler waits for the node's answer (the core's request timeout plus slack).
+    pub reply_timeout: Duration,
+}
+
+/// A JSON error body.
+#[derive(Serialize, Debug)]
+struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    needed: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    got: Option<usize>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error,
+            message: message.into(),
+            needed: None,
+            got: None,
+        }
+    }
+
+    fn quorum(self, needed: usize, got: usize) -> Self {
+        ApiError {
+            needed: Some(needed),
+            got: Some(got),
+            ..self
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(&self)).into_response()
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RequestError::QuorumNotReached { got, need } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "quorum_not_reached", msg)
+                    .quorum(need, got)
+            }
+            RequestError::Unavailable { available, need } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
+                    .quorum(need, available)
+            }
+            RequestError::InvalidQuorum { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_quorum", msg)
+            }
+            RequestError::TooManySiblings { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_siblings", msg)
+            }
+            RequestError::NoRing => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_ring", msg),
+            RequestError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", msg)
+            }
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Overloaded => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
+            }
+            SubmitError::Stopped => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", e.to_string())
+            }
+        }
+    }
+}
+
+/// The router with every route and JSON fallbacks.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/kv", any(missing_key))
+        .route("/kv/", any(missing_key))
+        .route("/kv/{*key}", any(kv))
+        .route("/cluster", get(cluster))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/admin/leave", post(leave))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(Arc::new(state))
+}
+
+/// Client connections served at once; more are answered 503 and closed, so idle
+/// or slow clients cannot exhaust file descriptors the peer transport needs.
+pub const MAX_CONNECTIONS: usize = 2048;
+
+/// Serves `router` on `listener` over HTTP/1.1 until the task is dropped. Clients
+/// that do not send their headers within `header_timeout` (or stay idle that long
+/// between requests) are disconnected.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    header_timeout: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let body = r#"{"error":"overloaded","message":"too many client connections"}"#;
+                let head = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                })
+                .await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+    }
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn missing_key() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_key",
+        "the key is missing: use /kv/{key}",
+    )
+}
+
+async fn cluster(State(s): State<Arc<ApiState>>) -> Response {
+    axum::Json(&*s.handle.view()).into_response()
+}
+
+async fn health(State(s): State<Arc<ApiState>>) -> Response {
+    let view = s.handle.view();
+    let status = if has_left(&view) {
+        view.self_status.as_str()
+    } else if view.ring_version == 0 {
+        "no_ring"
+    } else if view.self_status == "up" {
+        "ok"
+    } else {
+        view.self_status.as_str()
+    };
+    let code = if matches!(status, "ok" | "leaving" | "joining") {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "node": view.node,
+        "ring_version": view.ring_version,
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
+    s.handle
+        .metrics
+        .set("client_queue", s.handle.queued() as i64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.handle.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn leave(State(s): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    s.handle.admin(Admin::Leave).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "status": "leaving",
+            "message": "partitions are being handed over; the node stops serving once it has left",
+        })),
+    )
+        .into_response())
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The key of a `/kv/...` URI, checked against the limits.
+fn parse_key(uri: &Uri, limits: &Limits) -> Result<Bytes, ApiError> {
+    let raw = uri.path().strip_prefix("/kv/").unwrap_or_default();
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", m);
+    let bytes = percent_decode(raw).ok_or_else(|| bad("malformed percent-encoding in the key"))?;
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(bad("the key is not valid UTF-8 after percent-decoding"));
+    }
+    if bytes.is_empty() {
+        return Err(bad("the key is empty"));
+    }
+    if bytes.len() > limits.max_key_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "key_too_large",
+            format!(
+                "the key has {} bytes, the limit is {}",
+                bytes.len(),
+                limits.max_key_bytes
+            ),
+        ));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Reads `r=` or `w=` from the query (other parameters are ignored).
+fn parse_quorum(uri: &Uri, name: &str, n: usize) -> Result<Option<usize>, ApiError> {
+    let Some(q) = uri.query() else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != name {
+            continue;
+        }
+        let value = v.parse::<usize>().ok().filter(|v| (1..=n).contains(v));
+        match value {
+            Some(v) => found = Some(v),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_param",
+                    format!("{name}={v:?} must be a number between 1 and n={n}"),
+                ))
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The optional context header.
+fn parse_context(headers: &HeaderMap) -> Result<Option<VersionVector>, ApiError> {
+    let Some(v) = headers.get(CONTEXT_HEADER) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_context",
+            "X-Ringlab-Context is not a context token returned by this API",
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    VersionVector::from_token(s).map(Some).ok_or_else(bad)
+}
+
+/// Reads the body within the limit and the read timeout.
+async fn read_body(body: Body, headers: &HeaderMap, limits: &Limits) -> Result<Bytes, ApiError> {
+    let too_large = |n: Option<u64>| {
+        let size = n.map_or("more than the limit".to_owned(), |n| format!("{n} bytes"));
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!(
+                "the value has {size}, the limit is {} bytes",
+                limits.max_value_bytes
+            ),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_value_bytes as u64) {
+        return Err(too_large(declared));
+    }
+    match tokio::time::timeout(
+        limits.read_timeout,
+        axum::body::to_bytes(body, limits.max_value_bytes),
+    )
+    .await
+    {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                limits.read_timeout.as_secs()
+            ),
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            // to_bytes reports the length limit as an error whose source chain names it.
+            let limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if limit {
+                Err(too_large(None))
+            } else {
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("could not read the request body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+fn context_value(vv: &VersionVector) -> Option<HeaderValue> {
+    if vv.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&vv.to_token()).ok()
+}
+
+/// The sibling list of a 300 answer.
+#[derive(Serialize)]
+struct Siblings {
+    context: String,
+    siblings: Vec<Sibling>,
+}
+
+#[derive(Serialize)]
+struct Sibling {
+    value: String,
+}
+
+async fn kv(
+    State(s): State<Arc<ApiState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let op_name: &'static str = match method {
+        Method::PUT => "put",
+        Method::GET => "get",
+        Method::DELETE => "delete",
+        _ => {
+            return ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on /kv/{{key}}: use GET, PUT or DELETE"),
+            )
+            .into_response()
+        }
+    };
+    let started = Instant::now();
+    let (outcome, response) = match kv_op(&s, &method, &uri, &headers, body).await {
+        Ok((outcome, r)) => (outcome, r),
+        Err(e) => (e.error, e.into_response()),
+    };
+    s.handle
+        .metrics
+        .request(op_name, outcome, started.elapsed());
+    response
+}
+
+async fn kv_op(
+    s: &ApiState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(&'static str, Response), ApiError> {
+    let key = parse_key(uri, &s.limits)?;
+    let op = match *method {
+        Method::PUT => {
+            let w = parse_quorum(uri, "w", s.n)?;
+            let context = parse_context(headers)?;
+            let value = read_body(body, headers, &s.limits).await?;
+            ClientOp::Put {
+                key,
+                value,
+                context,
+                w,
+            }
+        }
+        Method::DELETE => {
+            let w = parse_quorum(uri, "w", s.n)?;
+            let context = parse_context(headers)?;
+            ClientOp::Delete { key, context, w }
+        }
+        _ => {
+            let r = parse_quorum(uri, "r", s.n)?;
+            ClientOp::Get { key, r }
+        }
+    };
+    if has_left(&s.handle.view()) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "left",
+            "this node has left the cluster and no longer serves requests",
+        ));
+    }
+    let rx = s.handle.submit(op)?;
+    let result: ClientResult = match tokio::time::timeout(s.reply_timeout, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => return Err(SubmitError::Stopped.into()),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the node did not answer in time",
+            ))
+        }
+    };
+    match result? {
+        ClientReply::Written { context, .. } => {
+            let mut r = StatusCode::NO_CONTENT.into_response();
+            if let Some(v) = context_value(&context) {
+                r.headers_mut().insert(CONTEXT_HEADER, v);
+            }
+            Ok(("ok", r))
+        }
+        ClientReply::Read {
+            mut values,
+            context,
+            ..
+        } => {
+            let ctx = context_value(&context);
+            let (outcome, mut r) = match values.len() {
+                0 => (
+                    "not_found",
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no value for this key")
+                        .into_response(),
+                ),
+                1 => {
+                    let (_, v) = values.remove(0);
+                    (
+                        "ok",
+                        (
+                            StatusCode::OK,
+                            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+                            v,
+                        )
+                            .into_response(),
+                    )
+                }
+                _ => {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let body = Siblings {
+                        context: context.to_token(),
+                        siblings: values
+                            .iter()
+                            .map(|(_, v)| Sibling {
+                                value: b64.encode(v),
+                            })
+                            .collect(),
+                    };
+                    (
+                        "siblings",
+                        (StatusCode::MULTIPLE_CHOICES, axum::Json(body)).into_response(),
+                    )
+                }
+            };
+            if let Some(v) = ctx {
+                r.headers_mut().insert(CONTEXT_HEADER, v);
+            }
+            Ok((outcome, r))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%20c").unwrap(), b"a/b c".to_vec());
+        assert_eq!(percent_decode("%ff").unwrap(), vec![0xff]);
+        assert!(percent_decode("%").is_none());
+        assert!(percent_decode("%4").is_none());
+        assert!(percent_decode("%zz").is_none());
+        assert!(percent_decode("%é").is_none());
+    }
+
+    #[test]
+    fn quorum_params() {
+        let uri: Uri = "/kv/a?r=2&x=1".parse().unwrap();
+        assert_eq!(parse_quorum(&uri, "r", 3).unwrap(), Some(2));
+        assert_eq!(parse_quorum(&uri, "w", 3).unwrap(), None);
+        for bad in ["/kv/a?r=0", "/kv/a?r=4", "/kv/a?r=x", "/kv/a?r="] {
+            let uri: Uri = bad.parse().unwrap();
+            let e = parse_quorum(&uri, "r", 3).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `ringlab`: run a node (`serve`), talk to one (`put`, `get`, `delete`,
+//! `status`), make a cluster key (`keygen`), start a local 5-node cluster
+//! (`demo`), or load-test (`bench`).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ringlab_server::{bench, client, config::ServeArgs, demo, serve};
+use std::process::ExitCode;
+
+/// Ringlab: a Dynamo-style key-value store.
+#[derive(Parser, Debug)]
+#[command(name = "ringlab", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a node: peer transport, durable storage and the HTTP API.
+    Serve(Box<ServeArgs>),
+    /// Write a value: `ringlab put KEY VALUE` (VALUE `-` reads stdin). Prints the new context.
+    Put(client::PutArgs),
+    /// Read a key: prints the value (or every sibling) on stdout and the context on stderr.
+    Get(client::GetArgs),
+    /// Delete a key (writes a tombstone over what the context saw).
+    Delete(client::DeleteArgs),
+    /// Show a node's view of the cluster.
+    Status(client::NodeArg),
+    /// Print a new cluster key file: `ringlab keygen > cluster.key`.
+    Keygen,
+    /// Start a local cluster of nodes (separate processes) on 127.0.0.1; Ctrl-C stops it.
+    Demo(demo::DemoArgs),
+    /// Load generator: throughput and latency percentiles against ringlab, redis or etcd.
+    Bench(bench::BenchArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Keygen = cli.cmd {
+        print!("{}", ringlab_server::transport::KeyRing::generate_file());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(args) => {
+                init_logging();
+                let cfg = args.resolve()?;
+                serve::run(cfg).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Put(a) => client::put(a).await,
+            Cmd::Get(a) => client::get(a).await,
+            Cmd::Delete(a) => client::delete(a).await,
+            Cmd::Status(a) => client::status(a).await,
+            Cmd::Demo(a) => {
+                demo::run(a).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Bench(a) => {
+                bench::run(a).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Keygen => Ok(ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,768 @@
+//! The authenticated, encrypted inter-node transport (TCP).
+//!
+//! Every node listens for peers; for each peer it sends to, one writer task dials,
+//! handshakes and writes frames from a bounded queue, reconnecting with capped
+//! exponential backoff. Data flows dialer → acceptor only; a pair of nodes talks over
+//! two connections, one each way.
+//!
+//! Handshake (see [`frame`] for the frame layout):
+//! ```text
+//! dialer                                   acceptor
+//!   MAGIC + session_d   ───────────────▶
+//!                       ◀───────────────   MAGIC + session_a
+//!   Hello(seq 1, session_a) ───────────▶   authenticate; compare cluster and n/r/w/partitions
+//!                       ◀───────────────   Accept(hello, seq 1, session_d) | Reject(reason) | 0-length (bad key)
+//!   Message(seq 2, 3, …, session_a) ───▶   Incoming::Message { from: authenticated id }
+//! ```
+//! Both sides report the other's Hello as [`Incoming::Peer`] once the handshake succeeded
+//! (the dialer only for its writers' connections, not for [`Transport::hello`]).
+//!
+//! Invariants: nothing reaches the driver from a connection before its Hello
+//! authenticated and matched our cluster and parameters; every frame after it must
+//! carry the acceptor's session bytes and a growing sequence number; any rejected
+//! frame is counted by reason, logged, and closes the connection. [`Transport::send`]
+//! never blocks: a full queue or an unknown address drops the message (the protocols
+//! tolerate loss) and counts it.
+
+pub mod frame;
+pub mod keys;
+
+pub use keys::{KeyError, KeyRing};
+
+use frame::{FrameError, Header, Payload, PayloadRef, RecvState, Refusal, MAGIC, SESSION_LEN};
+use rand::RngCore;
+use ringlab_core::{Message, NodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// How long a connect or a handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First reconnect delay; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Reconnect delay cap.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Inbound connections served at once (more wait in the kernel's backlog).
+const MAX_INBOUND: usize = 1024;
+/// Frames written per flush at most.
+const WRITE_BATCH: usize = 256;
+/// Frame limit before the peer authenticated (Hello, Accept and Reject are small).
+const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
+/// Capacity of the channel to the driver (a slow driver backpressures the sockets).
+const INCOMING_CAPACITY: usize = 4096;
+
+/// What each side of a connection tells the other in the handshake.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Hello {
+    /// The node's id.
+    pub id: NodeId,
+    /// Cluster name; must match.
+    pub cluster: String,
+    /// Where it listens for peers.
+    pub peer_addr: String,
+    /// Where it serves clients.
+    pub http_addr: String,
+    /// Its zone.
+    pub zone: String,
+    /// Replicas per key; must match.
+    pub n: usize,
+    /// Read quorum; must match.
+    pub r: usize,
+    /// Write quorum; must match.
+    pub w: usize,
+    /// Partition count; must match.
+    pub partitions: u32,
+}
+
+impl Hello {
+    /// Why `other` cannot join a cluster this node belongs to, if it cannot.
+    pub fn incompatibility(&self, other: &Hello) -> Option<(Refusal, String)> {
+        if self.cluster != other.cluster {
+            return Some((
+                Refusal::ClusterMismatch,
+                format!(
+                    "node {} ({}) is in cluster {:?}, node {} is in cluster {:?}",
+                    other.id, other.peer_addr, other.cluster, self.id, self.cluster
+                ),
+            ));
+        }
+        let p = |h: &Hello| (h.n, h.r, h.w, h.partitions);
+        if p(self) != p(other) {
+            return Some((
+                Refusal::ParamsMismatch,
+                format!(
+                    "cluster parameters differ: node {} ({}) has n={} r={} w={} partitions={}, node {} has n={} r={} w={} partitions={}",
+                    other.id, other.peer_addr, other.n, other.r, other.w, other.partitions,
+                    self.id, self.n, self.r, self.w, self.partitions
+                ),
+            ));
+        }
+        None
+    }
+}
+
+/// Transport settings.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node's introduction.
+    pub hello: Hello,
+    /// Cluster keys.
+    pub keys: KeyRing,
+    /// Messages queued per peer before sends are dropped.
+    pub queue_per_peer: usize,
+    /// Largest accepted frame body in bytes.
+    pub max_frame: usize,
+}
+
+/// What the transport delivers to the driver.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Incoming {
+    /// A message from an authenticated peer.
+    Message {
+        /// The id authenticated in the connection's handshake.
+        from: NodeId,
+        /// Payload.
+        msg: Message,
+    },
+    /// A peer completed a handshake (inbound or outbound).
+    Peer(Hello),
+}
+
+/// Frames rejected, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rejected {
+    /// No accepted key authenticates the frame.
+    pub bad_mac: u64,
+    /// Replayed (old sequence number or another connection's session).
+    pub replay: u64,
+    /// Length above the limit.
+    pub oversize: u64,
+    /// Malformed frame or payload.
+    pub decode: u64,
+    /// Another cluster.
+    pub cluster_mismatch: u64,
+    /// Different n/r/w/partitions.
+    pub params_mismatch: u64,
+    /// Any other handshake failure (bad preamble, timeout, unexpected payload, key refused).
+    pub handshake: u64,
+}
+
+impl Rejected {
+    /// (reason label, count) for every reason.
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
+        [
+            ("bad_mac", self.bad_mac),
+            ("replay", self.replay),
+            ("oversize", self.oversize),
+            ("decode", self.decode),
+            ("cluster_mismatch", self.cluster_mismatch),
+            ("params_mismatch", self.params_mismatch),
+            ("handshake", self.handshake),
+        ]
+    }
+
+    /// Sum over reasons.
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Transport counters since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Frames written (handshakes included).
+    pub frames_sent: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+    /// Frames accepted.
+    pub frames_received: u64,
+    /// Bytes of accepted frames.
+    pub bytes_received: u64,
+    /// Messages dropped because the peer's queue was full.
+    pub dropped_queue_full: u64,
+    /// Messages dropped because the peer's address is unknown.
+    pub dropped_no_addr: u64,
+    /// Messages dropped because their frame would exceed `max_frame` (the peer would
+    /// refuse it and close the connection).
+    pub dropped_too_large: u64,
+    /// Rejections by reason.
+    pub rejected: Rejected,
+}
+
+#[derive(Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_no_addr: AtomicU64,
+    dropped_too_large: AtomicU64,
+    rejected: [AtomicU64; 7],
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+struct Inner {
+    hello: Hello,
+    keys: KeyRing,
+    cluster: [u8; 8],
+    queue_per_peer: usize,
+    max_frame: usize,
+    book: Mutex<HashMap<NodeId, String>>,
+    peers: Mutex<HashMap<NodeId, mpsc::Sender<Vec<u8>>>>,
+    counters: Counters,
+    shutdown: watch::Sender<bool>,
+    local_addr: SocketAddr,
+    /// To the driver; outbound handshakes report `Peer` here too (never blocking).
+    incoming: mpsc::Sender<Incoming>,
+}
+
+impl Inner {
+    fn reject(&self, reason: &'static str, peer: &str, detail: &dyn std::fmt::Display) {
+        let i = match reason {
+            "bad_mac" => 0,
+            "replay" => 1,
+            "oversize" => 2,
+            "decode" => 3,
+            "cluster_mismatch" => 4,
+            "params_mismatch" => 5,
+            _ => 6,
+        };
+        bump(&self.counters.rejected[i], 1);
+        tracing::warn!(peer, reason, "peer frame rejected: {detail}");
+    }
+
+    fn header(&self, session: [u8; SESSION_LEN], seq: u64) -> Header {
+        Header {
+            version: frame::VERSION,
+            cluster: self.cluster,
+            sender: self.hello.id,
+            session,
+            seq,
+        }
+    }
+}
+
+/// A handle on the transport; cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("id", &self.inner.hello.id)
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+enum ConnError {
+    Io(std::io::Error),
+    Frame(FrameError),
+}
+
+impl From<std::io::Error> for ConnError {
+    fn from(e: std::io::Error) -> Self {
+        ConnError::Io(e)
+    }
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    keys: &KeyRing,
+    state: &mut RecvState,
+    max_frame: usize,
+) -> Result<(Header, Payload, usize), ConnError> {
+    let mut prefix = [0u8; 4];
+    r.read_exact(&mut prefix).await?;
+    let len = frame::check_len(prefix, max_frame).map_err(ConnError::Frame)?;
+    // Grow with the bytes that actually arrive: announcing a large frame and then
+    // trickling costs the sender as much as us.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    let (h, p) = frame::open(keys, state, &body).map_err(ConnError::Frame)?;
+    Ok((h, p, 4 + len))
+}
+
+async fn preamble<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    mine: [u8; SESSION_LEN],
+) -> std::io::Result<Option<[u8; SESSION_LEN]>> {
+    let mut out = [0u8; 4 + SESSION_LEN];
+    out[..4].copy_from_slice(MAGIC);
+    out[4..].copy_from_slice(&mine);
+    s.write_all(&out).await?;
+    let mut theirs = [0u8; 4 + SESSION_LEN];
+    s.read_exact(&mut theirs).await?;
+    if &theirs[..4] != MAGIC {
+        return Ok(None);
+    }
+    let mut session = [0u8; SESSION_LEN];
+    session.copy_from_slice(&theirs[4..]);
+    Ok(Some(session))
+}
+
+fn new_session() -> [u8; SESSION_LEN] {
+    let mut s = [0u8; SESSION_LEN];
+    rand::thread_rng().fill_bytes(&mut s);
+    s
+}
+
+/// An established outbound connection.
+struct OutConn {
+    w: BufWriter<OwnedWriteHalf>,
+    // Kept so the socket stays fully open; the acceptor never writes after Accept.
+    _r: tokio::net::tcp::OwnedReadHalf,
+    session: [u8; SESSION_LEN],
+    seq: u64,
+}
+
+impl OutConn {
+    /// Seals and buffers one payload (already postcard-encoded).
+    async fn write(&mut self, inner: &Inner, plaintext: &[u8]) -> std::io::Result<()> {
+        self.seq += 1;
+        let f = frame::seal(
+            &inner.keys,
+            &inner.header(self.session, self.seq),
+            plaintext,
+        );
+        self.w.write_all(&f).await?;
+        bump(&inner.counters.frames_sent, 1);
+        bump(&inner.counters.bytes_sent, f.len() as u64);
+        Ok(())
+    }
+}
+
+/// Dials `addr` and handshakes; returns the peer's Hello and the connection.
+async fn dial(inner: &Inner, addr: &str) -> anyhow::Result<(Hello, OutConn)> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to peer {addr} timed out"))?
+        .map_err(|e| anyhow::anyhow!("cannot connect to peer {addr}: {e}"))?;
+    stream.set_nodelay(true)?;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_out(inner, addr, stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("handshake with peer {addr} timed out"))?
+}
+
+async fn handshake_out(
+    inner: &Inner,
+    addr: &str,
+    mut stream: TcpStream,
+) -> anyhow::Result<(Hello, OutConn)> {
+    let mine = new_session();
+    let Some(theirs) = preamble(&mut stream, mine).await? else {
+        inner.reject("handshake", addr, &"not a ringlab peer (bad preamble)");
+        anyhow::bail!("{addr} is not a ringlab peer port (bad preamble)");
+    };
+    let hello = frame::encode_payload(&PayloadRef::Hello(&inner.hello));
+    let f = frame::seal(&inner.keys, &inner.header(theirs, 1), &hello);
+    stream.write_all(&f).await?;
+    bump(&inner.counters.frames_sent, 1);
+    bump(&inner.counters.bytes_sent, f.len() as u64);
+    let mut state = RecvState {
+        session: mine,
+        cluster: None,
+        last_seq: 0,
+    };
+    let reply = read_frame(
+        &mut stream,
+        &inner.keys,
+        &mut state,
+        inner.max_frame.min(HANDSHAKE_MAX_FRAME),
+    )
+    .await;
+    let (header, payload, len) = match reply {
+        Ok(r) => r,
+        Err(ConnError::Io(e)) => anyhow::bail!(
+            "peer {addr} closed the connection during the handshake ({e}); see its log for why"
+        ),
+        Err(ConnError::Frame(FrameError::KeyRefused)) => {
+            inner.reject("handshake", addr, &"the peer cannot authenticate our key");
+            anyhow::bail!(
+                "peer {addr} refused us: it cannot authenticate our frames (different cluster key)"
+            )
+        }
+        Err(ConnError::Frame(e)) => {
+            inner.reject(e.reason(), addr, &e);
+            anyhow::bail!("peer {addr}: its handshake reply was rejected: {e}")
+        }
+    };
+    match payload {
+        Payload::Accept(h) if h.id == header.sender => {
+            if let Some((refusal, msg)) = inner.hello.incompatibility(&h) {
+                inner.reject(refusal_reason(refusal), addr, &msg);
+                anyhow::bail!("peer {addr} is incompatible: {msg}");
+            }
+            bump(&inner.counters.frames_received, 1);
+            bump(&inner.counters.bytes_received, len as u64);
+            let (r, w) = stream.into_split();
+            let conn = OutConn {
+                w: BufWriter::new(w),
+                _r: r,
+                session: theirs,
+                seq: 1,
+            };
+            Ok((h, conn))
+        }
+        Payload::Reject { reason, message } => {
+            inner.reject(refusal_reason(reason), addr, &message);
+            anyhow::bail!("peer {addr} refused us: {message}")
+        }
+        _ => {
+            inner.reject("handshake", addr, &"unexpected handshake reply");
+            anyhow::bail!("peer {addr} sent an unexpected handshake reply")
+        }
+    }
+}
+
+fn refusal_reason(r: Refusal) -> &'static str {
+    match r {
+        Refusal::ClusterMismatch => "cluster_mismatch",
+        Refusal::ParamsMismatch => "params_mismatch",
+        Refusal::Handshake => "handshake",
+    }
+}
+
+/// Serves one inbound connection: handshake, then deliver messages until it closes.
+async fn serve_conn(
+    inner: Arc<Inner>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    tx: mpsc::Sender<Incoming>,
+) {
+    let peer_s = peer.to_string();
+    let _ = stream.set_nodelay(true);
+    let mine = new_session();
+    let shake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let theirs = match preamble(&mut stream, mine).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                inner.reject("handshake", &peer_s, &"bad preamble");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let mut state = RecvState {
+            session: mine,
+            cluster: None,
+            last_seq: 0,
+        };
+        match read_frame(
+            &mut stream,
+            &inner.keys,
+            &mut state,
+            inner.max_frame.min(HANDSHAKE_MAX_FRAME),
+        )
+        .await
+        {
+            Ok((header, Payload::Hello(h), len)) if h.id == header.sender => {
+                if let Some((refusal, msg)) = inner.hello.incompatibility(&h) {
+                    inner.reject(refusal_reason(refusal), &peer_s, &msg);
+                    let p = frame::encode_payload(&PayloadRef::Reject {
+                        reason: refusal,
+                        message: &msg,
+                    });
+                    let f = frame::seal(&inner.keys, &inner.header(theirs, 1), &p);
+                    let _ = stream.write_all(&f).await;
+                    return None;
+                }
+                bump(&inner.counters.frames_received, 1);
+                bump(&inner.counters.bytes_received, len as u64);
+                let p = frame::encode_payload(&PayloadRef::Accept(&inner.hello));
+                let f = frame::seal(&inner.keys, &inner.header(theirs, 1), &p);
+                stream.write_all(&f).await.ok()?;
+                bump(&inner.counters.frames_sent, 1);
+                bump(&inner.counters.bytes_sent, f.len() as u64);
+                state.cluster = Some(inner.cluster);
+                Some((h, state))
+            }
+            Ok(_) => {
+                inner.reject("handshake", &peer_s, &"first frame is not a valid Hello");
+                None
+            }
+            Err(ConnError::Frame(FrameError::BadMac)) => {
+                inner.reject(
+                    "bad_mac",
+                    &peer_s,
+                    &"handshake does not authenticate (wrong cluster key?)",
+                );
+                // The one plaintext signal, so the dialer can print a clear error.
+                let _ = stream.write_all(&[0, 0, 0, 0]).await;
+                None
+            }
+            Err(ConnError::Frame(e)) => {
+                inner.reject(e.reason(), &peer_s, &e);
+                None
+            }
+            Err(ConnError::Io(_)) => None,
+        }
+    })
+    .await;
+    let Some((hello, mut state)) = shake.unwrap_or_else(|_| {
+        inner.reject("handshake", &peer_s, &"handshake timed out");
+        None
+    }) else {
+        return;
+    };
+    let from = hello.id;
+    tracing::debug!(peer = %peer_s, %from, "peer connected");
+    if tx.send(Incoming::Peer(hello)).await.is_err() {
+        return;
+    }
+    let mut r = tokio::io::BufReader::new(stream);
+    loop {
+        match read_frame(&mut r, &inner.keys, &mut state, inner.max_frame).await {
+            Ok((header, Payload::Message(msg), len)) if header.sender == from => {
+                bump(&inner.counters.frames_received, 1);
+                bump(&inner.counters.bytes_received, len as u64);
+                if tx.send(Incoming::Message { from, msg }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {
+                inner.reject(
+                    "handshake",
+                    &peer_s,
+                    &"unexpected frame after the handshake",
+                );
+                return;
+            }
+            Err(ConnError::Frame(e)) => {
+                inner.reject(e.reason(), &peer_s, &e);
+                return;
+            }
+            Err(ConnError::Io(_)) => return,
+        }
+    }
+}
+
+/// One peer's writer: dial, handshake, write queued messages; reconnect with backoff.
+async fn writer(inner: Arc<Inner>, to: NodeId, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u32;
+    loop {
+        let addr = inner.book.lock().ok().and_then(|b| b.get(&to).cloned());
+        if let Some(addr) = addr {
+            match dial(&inner, &addr).await {
+                Ok((h, mut conn)) if h.id == to => {
+                    if failures > 0 {
+                        tracing::info!(peer = %to, %addr, "reconnected to peer");
+                    }
+                    failures = 0;
+                    backoff = BACKOFF_MIN;
+                    // Best effort: a full channel means the driver is busy, and the
+                    // peer's inbound handshake reports it as well.
+                    let _ = inner.incoming.try_send(Incoming::Peer(h));
+                    // Write until the queue closes (transport dropped) or the socket fails.
+                    let mut batch = Vec::with_capacity(WRITE_BATCH);
+                    loop {
+                        if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+                            return;
+                        }
+                        let mut ok = true;
+                        for m in batch.drain(..) {
+                            if ok && conn.write(&inner, &m).await.is_err() {
+                                ok = false;
+                            }
+                        }
+                        if !ok || conn.w.flush().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Ok((h, _)) => {
+                    failures += 1;
+                    tracing::warn!(peer = %to, %addr, "address {addr} belongs to {}, not {to}", h.id);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(peer = %to, "{e:#}");
+                    } else {
+                        tracing::debug!(peer = %to, failures, "{e:#}");
+                    }
+                }
+            }
+        }
+        let mut stop = inner.shutdown.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+impl Transport {
+    /// Starts accepting peers on `listener`. Returns the handle and the stream of
+    /// authenticated inputs for the driver.
+    pub fn start(
+        listener: TcpListener,
+        cfg: TransportConfig,
+    ) -> anyhow::Result<(Transport, mpsc::Receiver<Incoming>)> {
+        anyhow::ensure!(cfg.queue_per_peer > 0, "queue_per_peer must be at least 1");
+        anyhow::ensure!(
+            cfg.max_frame >= frame::MIN_FRAME,
+            "max_frame must be at least {} bytes",
+            frame::MIN_FRAME
+        );
+        let local_addr = listener.local_addr()?;
+        let (shutdown, _) = watch::channel(false);
+        let (tx, rx) = mpsc::channel(INCOMING_CAPACITY);
+        let inner = Arc::new(Inner {
+            cluster: frame::cluster_id(&cfg.hello.cluster),
+            hello: cfg.hello,
+            keys: cfg.keys,
+            queue_per_peer: cfg.queue_per_peer,
+            max_frame: cfg.max_frame,
+            book: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            shutdown,
+            local_addr,
+            incoming: tx.clone(),
+        });
+        let acc = inner.clone();
+        tokio::spawn(async move {
+            let limit = Arc::new(Semaphore::new(MAX_INBOUND));
+            let mut stop = acc.shutdown.subscribe();
+            loop {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let (inner, tx) = (acc.clone(), tx.clone());
+                        let mut stop = acc.shutdown.subscribe();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = serve_conn(inner, stream, peer, tx) => {}
+                                _ = stop.wait_for(|s| *s) => {}
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // E.g. out of file descriptors: back off instead of spinning.
+                        tracing::warn!("accepting a peer connection failed: {e}");
+                        tokio::time::sleep(BACKOFF_MIN).await;
+                    }
+                }
+            }
+        });
+        Ok((Transport { inner }, rx))
+    }
+
+    /// The address the transport listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Records (or updates) where `id` listens for peers.
+    pub fn set_addr(&self, id: NodeId, peer_addr: String) {
+        if let Ok(mut b) = self.inner.book.lock() {
+            b.insert(id, peer_addr);
+        }
+    }
+
+    /// Queues `msg` for `to` without blocking; drops and counts it when the peer's
+    /// queue is full or its address unknown.
+    pub fn send(&self, to: NodeId, msg: &Message) {
+        let inner = &self.inner;
+        if *inner.shutdown.borrow() {
+            return;
+        }
+        let Ok(mut peers) = inner.peers.lock() else {
+            return;
+        };
+        let queue = match peers.get(&to) {
+            Some(q) => q.clone(),
+            None => {
+                let known = inner.book.lock().is_ok_and(|b| b.contains_key(&to));
+                if !known {
+                    bump(&inner.counters.dropped_no_addr, 1);
+                    return;
+                }
+                let (qtx, qrx) = mpsc::channel(inner.queue_per_peer);
+                tokio::spawn(writer(self.inner.clone(), to, qrx));
+                peers.insert(to, qtx.clone());
+                qtx
+            }
+        };
+        drop(peers);
+        let plaintext = frame::encode_payload(&PayloadRef::Message(msg));
+        if plaintext.len() + frame::MIN_FRAME > inner.max_frame {
+            bump(&inner.counters.dropped_too_large, 1);
+            tracing::error!(peer = %to, bytes = plaintext.len(), max_frame = inner.max_frame,
+                "message too large for one frame, dropped");
+            return;
+        }
+        if queue.try_send(plaintext).is_err() {
+            bump(&inner.counters.dropped_queue_full, 1);
+        }
+    }
+
+    /// Connects to `peer_addr`, handshakes and returns the peer's Hello (resolving a
+    /// seed address to an id). A clear error when the peer refuses us (wrong key,
+    /// cluster or parameters) or is unreachable.
+    pub async fn hello(&self, peer_addr: &str) -> anyhow::Result<Hello> {
+        let (h, _conn) = dial(&self.inner, peer_addr).await?;
+        Ok(h)
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.inner.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransportStats {
+            frames_sent: g(&c.frames_sent),
+            bytes_sent: g(&c.bytes_sent),
+            frames_received: g(&c.frames_received),
+            bytes_received: g(&c.bytes_received),
+            dropped_queue_full: g(&c.dropped_queue_full),
+            dropped_no_addr: g(&c.dropped_no_addr),
+            dropped_too_large: g(&c.dropped_too_large),
+            rejected: Rejected {
+                bad_mac: g(&c.rejected[0]),
+                replay: g(&c.rejected[1]),
+                oversize: g(&c.rejected[2]),
+                decode: g(&c.rejected[3]),
+                cluster_mismatch: g(&c.rejected[4]),
+                params_mismatch: g(&c.rejected[5]),
+                handshake: g(&c.rejected[6]),
+            },
+        }
+    }
+
+    /// Stops accepting, closes every connection and writer; later sends are ignored.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        if let Ok(mut p) = self.inner.peers.lock() {
+            p.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
