@@ -99,7 +99,9 @@ impl Message {
         match self {
             Message::Replica(m) => match m {
                 quorum::Msg::Forward { .. } => MessageKind::ClientForward,
-                quorum::Msg::ForwardReply { .. } => MessageKind::ClientForward,
+                quorum::Msg::ForwardReply { .. } | quorum::Msg::ForwardAccepted { .. } => {
+                    MessageKind::ClientForward
+                }
                 quorum::Msg::Store { .. } => MessageKind::ReplicaWrite,
                 quorum::Msg::Fetch { .. } => MessageKind::ReplicaRead,
                 quorum::Msg::StoreAck { .. } | quorum::Msg::FetchReply { .. } => {

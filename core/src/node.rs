@@ -41,6 +41,8 @@ pub(crate) enum Timer {
     Deadline(ReqId),
     /// A forwarded client request's deadline.
     ForwardDeadline(ReqId),
+    /// Has the replica a request was forwarded to accepted it?
+    ForwardCheck(ReqId),
     /// Purge a tombstone.
     Purge(ReqId),
     /// Start a Merkle exchange.
@@ -370,6 +372,7 @@ impl<S: Storage> Node<S> {
                 Timer::ReplicaCheck(id) => self.replica_check(id),
                 Timer::Deadline(id) => self.deadline(id),
                 Timer::ForwardDeadline(id) => self.forward_deadline(id),
+                Timer::ForwardCheck(id) => self.forward_check(id),
                 Timer::Purge(id) => self.purge_due(id),
                 Timer::AntiEntropy => self.anti_entropy_tick(),
                 Timer::Gossip => self.gossip_tick(),

@@ -57,6 +57,13 @@ pub enum Msg {
         /// The outcome.
         result: Result<ClientReply, RequestError>,
     },
+    /// The coordinating replica received a forwarded write and is working on it
+    /// (Riak's remote-coordinator ack): until this arrives, the forwarder may retry
+    /// through another replica when the first one turns out to be down.
+    ForwardAccepted {
+        /// The forwarder's request number.
+        id: ReqId,
+    },
     /// Merge `object` into your copy (or into your hints for `hint`) and ack if `id` is set.
     Store {
         /// Request to ack; `None` for read repair.
@@ -167,6 +174,12 @@ pub(crate) struct Forwarded {
     key: Bytes,
     need: usize,
     deadline: Time,
+    /// The replica asked to coordinate.
+    to: NodeId,
+    /// The operation, kept to retry elsewhere if `to` never accepts it.
+    op: ClientOp,
+    /// Whether `to` said it is coordinating.
+    accepted: bool,
 }
 
 /// A tombstone waiting for its grace period.
@@ -277,11 +290,42 @@ impl<S: Storage> Node<S> {
                 key: op.key().clone(),
                 need,
                 deadline,
+                to,
+                op: op.clone(),
+                accepted: false,
             },
         );
         self.set_timer(deadline, Timer::ForwardDeadline(id));
+        self.set_timer(
+            self.now + self.config.replica_timeout,
+            Timer::ForwardCheck(id),
+        );
         self.event(Event::Forwarded { req, to });
         self.send(to, Message::Replica(Msg::Forward { id, op }));
+    }
+
+    /// The replica a write was forwarded to has not accepted it within
+    /// `replica_timeout`: it is probably down but not yet detected (a write arriving
+    /// right after a crash). Mark it down locally, as any silent replica, and start
+    /// the request again, which now routes around it (to the next replica, or to
+    /// this node as a stand-in). If the replica was only slow and its acceptance was
+    /// lost, the write may be applied twice with the same context: the two versions
+    /// become siblings with equal values, never a lost write.
+    pub(crate) fn forward_check(&mut self, id: ReqId) {
+        let Some(f) = self.forwards.get(&id) else {
+            return;
+        };
+        if f.accepted {
+            return;
+        }
+        let Some(f) = self.forwards.remove(&id) else {
+            return;
+        };
+        self.cancel_timer(f.deadline, Timer::ForwardDeadline(id));
+        if let Some(change) = self.detector.mark_down(f.to, self.now) {
+            self.on_reachability(change);
+        }
+        self.handle_client(Origin::Local(f.req), f.op);
     }
 
     pub(crate) fn forward_deadline(&mut self, id: ReqId) {
@@ -804,7 +848,15 @@ impl<S: Storage> Node<S> {
 
     pub(crate) fn handle_replica_msg(&mut self, from: NodeId, msg: Msg) {
         match msg {
-            Msg::Forward { id, op } => self.handle_client(Origin::Remote(from, id), op),
+            Msg::Forward { id, op } => {
+                self.send(from, Message::Replica(Msg::ForwardAccepted { id }));
+                self.handle_client(Origin::Remote(from, id), op)
+            }
+            Msg::ForwardAccepted { id } => {
+                if let Some(f) = self.forwards.get_mut(&id) {
+                    f.accepted = true;
+                }
+            }
             Msg::ForwardReply { id, result } => {
                 if let Some(f) = self.forwards.remove(&id) {
                     self.cancel_timer(f.deadline, Timer::ForwardDeadline(id));
@@ -1018,14 +1070,55 @@ mod tests {
         let out = drain(&mut d);
         let s = sends(&out);
         assert_eq!(s.len(), 1);
-        assert!(matches!(s[0], (A, Msg::Forward { .. })));
+        let id = match s[0] {
+            (A, Msg::Forward { id, .. }) => *id,
+            other => panic!("{other:?}"),
+        };
+        // A accepted it: no retry elsewhere, however long A takes.
+        d.handle_input(
+            Time(1),
+            Input::Message {
+                from: A,
+                msg: Message::Replica(Msg::ForwardAccepted { id }),
+            },
+        );
+        assert!(drain(&mut d).is_empty());
         // No answer: the client gets a clear error at the deadline, not silence.
         let t = Time(0) + Config::default().request_timeout + Config::default().replica_timeout;
         d.handle_input(t, Input::Timeout);
         let out = drain(&mut d);
+        assert!(sends(&out).is_empty(), "an accepted forward is not retried");
         assert_eq!(
             reply(&out),
             Some(&Err(RequestError::QuorumNotReached { got: 0, need: 2 }))
+        );
+    }
+
+    #[test]
+    fn forward_to_a_silently_dead_replica_is_retried_around_it() {
+        let mut d = node(D, 4, Config::default());
+        let key = key_for(&d, &[A, B, C]);
+        d.handle_input(Time(0), put(&key, "v"));
+        let _ = drain(&mut d);
+        // A never accepts: at replica_timeout D marks it down and, now a stand-in
+        // for A, coordinates the write itself.
+        let t = Time(0) + Config::default().replica_timeout;
+        d.handle_input(t, Input::Timeout);
+        let out = drain(&mut d);
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::PeerUnreachable { peer: A }))));
+        let s = sends(&out);
+        assert!(s.iter().all(|(to, _)| *to != A), "{s:?}");
+        for peer in [B, C] {
+            assert!(s
+                .iter()
+                .any(|(to, m)| *to == peer && matches!(m, Msg::Store { .. })));
+        }
+        assert_eq!(
+            d.storage().hint_count(),
+            1,
+            "D holds the write as a hint for A"
         );
     }
 
