@@ -306,6 +306,8 @@ impl Http {
     pub fn new(timeout: Duration) -> Http {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // 300 Multiple Choices is how siblings come back, not a redirect.
+            .max_redirects(0)
             .max_idle_connections(0)
             .max_idle_connections_per_host(0)
             .timeout_global(Some(timeout))
