@@ -1,12 +1,20 @@
 //! Durable node state in redb: the [`ringlab_core::Storage`] the driver hands the core.
 //!
-//! Invariant: **a batch is applied in one redb write transaction, and nothing that
-//! depends on it leaves the process before [`RedbStorage::sync`] made it durable.**
-//! [`Storage::apply`] commits with `Durability::None` (atomic and visible to later
-//! reads, but not yet fsynced); the driver handles a bounded group of inputs, then
-//! calls [`RedbStorage::sync`] once (one `Immediate` commit = one fsync for every
-//! batch since the last sync) and only then releases the buffered sends and replies.
-//! So W acks mean W fsynced disks, and concurrent writes share one fsync.
+//! Invariant: **nothing that depends on a batch leaves the process before
+//! [`RedbStorage::sync`] made it durable.** One redb write transaction stays open
+//! between syncs: [`Storage::apply`] writes its batch into it (opening one if none is
+//! open), reads go through it so they see the unsynced batches, and the driver,
+//! after a bounded group of inputs, calls [`RedbStorage::sync`] once, which commits
+//! it with `Durability::Immediate` (one fsync for every batch since the last sync);
+//! only then are the buffered sends and replies released. So W acks mean W fsynced
+//! disks, and concurrent writes share one fsync (and one commit).
+//!
+//! A batch is all-or-nothing: if any op of a batch fails, the open transaction (this
+//! batch and every unsynced one before it) is aborted and the storage is *poisoned*:
+//! that `apply` and every later `apply`/`sync` fail, and [`RedbStorage::pending_sync`]
+//! stays true so the driver calls `sync`, sees the error and stops without releasing
+//! anything unsynced. A restart then finds the last synced state on disk. Dropping
+//! the storage with an open transaction aborts it (nothing in it was acknowledged).
 //!
 //! Tables: `objects` (key → postcard([`Object`])), `hints` (owner as 4 bytes
 //! big-endian ++ key → postcard([`Hint`]), so one owner's hints are a contiguous
@@ -35,14 +43,23 @@ const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 const HINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hints");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// Per owner: (hint count, hint value bytes). Owners with no hints are absent.
+type HintUsage = BTreeMap<NodeId, (usize, usize)>;
+
 /// [`Storage`] on a redb database file, with deferred durability and explicit group sync.
 pub struct RedbStorage {
+    /// The write transaction holding every batch applied since the last sync (None
+    /// when nothing is pending). Declared before `db`: it must not outlive it.
+    txn: Option<redb::WriteTransaction>,
     db: Database,
     path: PathBuf,
     objects: usize,
-    /// Per owner: (hint count, hint value bytes). Owners with no hints are absent.
-    hints: BTreeMap<NodeId, (usize, usize)>,
-    pending: bool,
+    hints: HintUsage,
+    /// `objects` and `hints` as of the last commit, restored when the open
+    /// transaction is aborted.
+    synced_counters: Option<(usize, HintUsage)>,
+    /// Why the storage is unusable (a batch or a sync failed), if it is.
+    poisoned: Option<String>,
     commits: u64,
     syncs: u64,
 }
@@ -53,7 +70,8 @@ impl std::fmt::Debug for RedbStorage {
             .field("path", &self.path)
             .field("objects", &self.objects)
             .field("hints", &self.hints)
-            .field("pending", &self.pending)
+            .field("pending", &self.txn.is_some())
+            .field("poisoned", &self.poisoned)
             .finish()
     }
 }
@@ -81,6 +99,32 @@ impl<E: Into<redb::Error>> From<E> for ReadErr {
 
 fn storage_err(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError(format!("{what}: {e}"))
+}
+
+/// Runs `$body` with `$t` bound to table `$def`, opened in the open write transaction
+/// when there is one (so unsynced batches are seen), else in a fresh read
+/// transaction. A macro because `Table` and `ReadOnlyTable` share only the generic
+/// (not object-safe) `ReadableTable` trait; `$body` is an expression of type
+/// `Result<T, ReadErr>`, and errors are logged and read as `T::default()`.
+macro_rules! read_table {
+    ($s:ident, $what:expr, $def:expr, |$t:ident| $body:expr) => {{
+        let r = (|| -> Result<_, ReadErr> {
+            match &$s.txn {
+                Some(txn) => {
+                    let $t = txn.open_table($def)?;
+                    let r = $body;
+                    r
+                }
+                None => {
+                    let txn = $s.db.begin_read()?;
+                    let $t = txn.open_table($def)?;
+                    let r = $body;
+                    r
+                }
+            }
+        })();
+        $s.read_result($what, r)
+    }};
 }
 
 impl RedbStorage {
@@ -133,11 +177,13 @@ impl RedbStorage {
             ),
         };
         let mut s = RedbStorage {
+            txn: None,
             db,
             path,
             objects: 0,
             hints: BTreeMap::new(),
-            pending: false,
+            synced_counters: None,
+            poisoned: None,
             commits: 0,
             syncs: 0,
         };
@@ -196,24 +242,56 @@ impl RedbStorage {
         &self.path
     }
 
-    /// Makes every batch applied since the last sync durable with one fsync (an
-    /// `Immediate` commit). A no-op when nothing is pending. On error the process
-    /// must stop serving: the pending batches' outputs may never be released.
+    /// Makes every batch applied since the last sync durable with one fsync (commits
+    /// the open transaction, `Immediate`). A no-op when nothing is pending. On error
+    /// (and always once poisoned) the process must stop serving: the pending
+    /// batches' outputs may never be released.
     pub fn sync(&mut self) -> Result<(), StorageError> {
-        if !self.pending {
+        self.check_poisoned()?;
+        let Some(txn) = self.txn.take() else {
             return Ok(());
+        };
+        if let Err(e) = txn.commit() {
+            // Whether the commit reached the disk is unknown: trust nothing more.
+            let e = storage_err("sync commit", e);
+            self.poison(&e);
+            return Err(e);
         }
-        let mut txn = self.db.begin_write().map_err(|e| storage_err("begin", e))?;
-        txn.set_durability(Durability::Immediate);
-        txn.commit().map_err(|e| storage_err("sync commit", e))?;
-        self.pending = false;
+        self.synced_counters = None;
         self.syncs += 1;
         Ok(())
     }
 
-    /// Whether batches were applied since the last [`RedbStorage::sync`].
+    /// Whether batches were applied since the last [`RedbStorage::sync`] (an open
+    /// transaction holds writes), or the storage is poisoned: either way the driver
+    /// must call `sync` before releasing anything.
     pub fn pending_sync(&self) -> bool {
-        self.pending
+        self.txn.is_some() || self.poisoned.is_some()
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(why) => Err(StorageError(format!(
+                "storage unusable after an earlier failure ({why}); restart the node"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Aborts the open transaction (every unsynced batch), restores the counters
+    /// to the last commit's, and refuses every later `apply`/`sync`.
+    fn poison(&mut self, e: &StorageError) {
+        tracing::error!(file = %self.path.display(), "storage poisoned, unsynced batches dropped: {e}");
+        if let Some(txn) = self.txn.take() {
+            if let Err(e) = txn.abort() {
+                tracing::error!(file = %self.path.display(), "aborting the open transaction failed: {e}");
+            }
+        }
+        if let Some((objects, hints)) = self.synced_counters.take() {
+            self.objects = objects;
+            self.hints = hints;
+        }
+        self.poisoned = Some(e.0.clone());
     }
 
     /// Hints held for other nodes, over all owners.
@@ -226,7 +304,7 @@ impl RedbStorage {
         self.hints.values().map(|(_, b)| b).sum()
     }
 
-    /// Batches committed (non-durably) since open.
+    /// Non-empty batches applied since open (synced or not).
     pub fn commits(&self) -> u64 {
         self.commits
     }
@@ -236,19 +314,10 @@ impl RedbStorage {
         self.syncs
     }
 
-    /// Runs a read, logging (and hiding) storage errors: the `Storage` trait's reads
-    /// cannot fail, and the file was verified at open, so an error here is a disk
-    /// failure that the next `apply`/`sync` will surface and stop the node on.
-    fn read<T: Default>(
-        &self,
-        what: &str,
-        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, ReadErr>,
-    ) -> T {
-        let r = self
-            .db
-            .begin_read()
-            .map_err(ReadErr::from)
-            .and_then(|txn| f(&txn));
+    /// Logs (and hides) a read's storage error: the `Storage` trait's reads cannot
+    /// fail, and the file was verified at open, so an error here is a disk failure
+    /// that the next `apply`/`sync` will surface and stop the node on.
+    fn read_result<T: Default>(&self, what: &str, r: Result<T, ReadErr>) -> T {
         match r {
             Ok(v) => v,
             Err(e) => {
@@ -339,10 +408,9 @@ impl RedbStorage {
 
 impl Storage for RedbStorage {
     fn object(&self, key: &[u8]) -> Option<Object> {
-        let raw = self.read("object", |txn| {
-            let t = txn.open_table(OBJECTS)?;
-            Ok(t.get(key)?.map(|v| v.value().to_vec()))
-        })?;
+        let raw = read_table!(self, "object", OBJECTS, |t| Ok(t
+            .get(key)?
+            .map(|v| v.value().to_vec())))?;
         self.decode("object", &raw)
     }
 
@@ -350,12 +418,11 @@ impl Storage for RedbStorage {
         if limit == 0 {
             return Vec::new();
         }
-        let raw: Vec<(Vec<u8>, Vec<u8>)> = self.read("objects_after", |txn| {
-            let t = txn.open_table(OBJECTS)?;
-            let lower = match after {
-                Some(k) => Bound::Excluded(k),
-                None => Bound::Unbounded,
-            };
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = read_table!(self, "objects_after", OBJECTS, |t| {
             let mut out = Vec::new();
             for item in t.range::<&[u8]>((lower, Bound::Unbounded))?.take(limit) {
                 let (k, v) = item?;
@@ -373,11 +440,10 @@ impl Storage for RedbStorage {
     }
 
     fn hint(&self, owner: NodeId, key: &[u8]) -> Option<Hint> {
-        let raw = self.read("hint", |txn| {
-            let t = txn.open_table(HINTS)?;
-            Ok(t.get(&hint_key(owner, key)[..])?
-                .map(|v| v.value().to_vec()))
-        })?;
+        let hk = hint_key(owner, key);
+        let raw = read_table!(self, "hint", HINTS, |t| Ok(t
+            .get(&hk[..])?
+            .map(|v| v.value().to_vec())))?;
         self.decode("hint", &raw)
     }
 
@@ -389,9 +455,8 @@ impl Storage for RedbStorage {
         if limit == 0 || !self.hints.contains_key(&owner) {
             return Vec::new();
         }
-        let raw: Vec<(Vec<u8>, Vec<u8>)> = self.read("hints_for", |txn| {
-            let t = txn.open_table(HINTS)?;
-            let lower = owner.0.to_be_bytes();
+        let lower = owner.0.to_be_bytes();
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = read_table!(self, "hints_for", HINTS, |t| {
             let mut out = Vec::new();
             for item in t.range::<&[u8]>(&lower[..]..)? {
                 let (k, v) = item?;
@@ -417,23 +482,37 @@ impl Storage for RedbStorage {
     }
 
     fn meta(&self, name: &str) -> Option<Vec<u8>> {
-        self.read("meta", |txn| {
-            let t = txn.open_table(META)?;
-            Ok(t.get(name)?.map(|v| v.value().to_vec()))
-        })
+        read_table!(self, "meta", META, |t| Ok(t
+            .get(name)?
+            .map(|v| v.value().to_vec())))
     }
 
     fn apply(&mut self, batch: Batch) -> Result<(), StorageError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(|e| storage_err("begin", e))?;
-        txn.set_durability(Durability::None);
+        self.check_poisoned()?;
+        if self.txn.is_none() {
+            let mut txn = match self.db.begin_write() {
+                Ok(txn) => txn,
+                Err(e) => {
+                    let e = storage_err("begin", e);
+                    self.poison(&e);
+                    return Err(e);
+                }
+            };
+            txn.set_durability(Durability::Immediate);
+            self.txn = Some(txn);
+            self.synced_counters = Some((self.objects, self.hints.clone()));
+        }
+        let txn = self.txn.as_ref().expect("opened above");
         let mut objects = 0isize;
         let mut hints = BTreeMap::new();
-        // On error the transaction is dropped, i.e. aborted: nothing of the batch is applied.
-        Self::apply_ops(&txn, batch.ops, &mut objects, &mut hints)?;
-        txn.commit().map_err(|e| storage_err("commit", e))?;
+        if let Err(e) = Self::apply_ops(txn, batch.ops, &mut objects, &mut hints) {
+            // Part of the batch may be in the transaction: abort all of it.
+            self.poison(&e);
+            return Err(e);
+        }
         self.objects = self.objects.saturating_add_signed(objects);
         for (owner, (n, b)) in hints {
             let e = self.hints.entry(owner).or_default();
@@ -443,9 +522,19 @@ impl Storage for RedbStorage {
                 self.hints.remove(&owner);
             }
         }
-        self.pending = true;
         self.commits += 1;
         Ok(())
+    }
+}
+
+impl Drop for RedbStorage {
+    fn drop(&mut self) {
+        // Unsynced batches were never acknowledged: abort them, before `db` closes.
+        if let Some(txn) = self.txn.take() {
+            if let Err(e) = txn.abort() {
+                tracing::warn!(file = %self.path.display(), "aborting unsynced batches on close failed: {e}");
+            }
+        }
     }
 }
 
@@ -691,8 +780,9 @@ mod tests {
 
     #[test]
     fn unsynced_batches_survive_a_clean_close() {
-        // Not a durability promise (that is `sync`), but redb must recover a file
-        // dropped with non-durable commits without reporting corruption.
+        // Closing with an open, unsynced transaction aborts it; the file must reopen
+        // cleanly with the synced state (see also
+        // `unsynced_batches_are_read_before_sync_and_gone_after_reopen`).
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = RedbStorage::open(dir.path()).unwrap();
@@ -702,6 +792,114 @@ mod tests {
         }
         let s = RedbStorage::open(dir.path()).unwrap();
         assert_eq!(s.object(b"a"), Some(obj("1")));
+    }
+
+    #[test]
+    fn unsynced_batches_are_read_before_sync_and_gone_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RedbStorage::open(dir.path()).unwrap();
+            apply(&mut s, vec![put("a", "1"), hint(2, "k", "hv")]);
+            s.sync().unwrap();
+            assert!(!s.pending_sync());
+            apply(
+                &mut s,
+                vec![
+                    put("b", "2"),
+                    Op::DeleteObject { key: b("a") },
+                    hint(2, "k2", "xyz"),
+                    Op::PutMeta {
+                        name: "m".into(),
+                        value: vec![1],
+                    },
+                ],
+            );
+            assert!(s.pending_sync());
+            // Reads between applies of one group see the open transaction.
+            assert_eq!(s.object(b"a"), None);
+            assert_eq!(s.object(b"b"), Some(obj("2")));
+            apply(&mut s, vec![put("c", "3")]);
+            let keys: Vec<_> = s
+                .objects_after(None, 10)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(keys, vec![b("b"), b("c")]);
+            assert_eq!(s.object_count(), 2);
+            assert_eq!(s.hint(NodeId(2), b"k2").unwrap().object, obj("xyz"));
+            assert_eq!(s.hints_for(NodeId(2), 10).len(), 2);
+            assert_eq!(s.hint_usage(NodeId(2)), (2, 5));
+            assert_eq!(s.meta("m"), Some(vec![1]));
+            assert_eq!(s.commits(), 3);
+            assert_eq!(s.syncs(), 1);
+            // Dropped without sync: the open transaction is aborted.
+        }
+        let mut s = RedbStorage::open(dir.path()).unwrap();
+        assert_eq!(s.object(b"a"), Some(obj("1")));
+        assert_eq!(s.object(b"b"), None);
+        assert_eq!(s.object(b"c"), None);
+        assert_eq!(s.object_count(), 1);
+        assert_eq!(s.hint(NodeId(2), b"k2"), None);
+        assert_eq!(s.hint_usage(NodeId(2)), (1, 2));
+        assert_eq!(s.meta("m"), None);
+        assert!(!s.pending_sync());
+        // And the reopened storage takes new batches as usual.
+        apply(&mut s, vec![put("d", "4")]);
+        s.sync().unwrap();
+        drop(s);
+        let s = RedbStorage::open(dir.path()).unwrap();
+        assert_eq!(s.object(b"d"), Some(obj("4")));
+        assert_eq!(s.object_count(), 2);
+    }
+
+    #[test]
+    fn a_failed_batch_poisons_the_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RedbStorage::open(dir.path()).unwrap();
+        apply(&mut s, vec![put("a", "1"), hint(1, "h", "x")]);
+        s.sync().unwrap();
+        // Plant a hint that does not decode (bypassing `apply`), so deleting it fails.
+        {
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(HINTS)
+                .unwrap()
+                .insert(&hint_key(NodeId(1), b"bad")[..], &[0xff; 3][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        apply(&mut s, vec![put("b", "2"), hint(1, "h2", "yy")]);
+        assert_eq!(s.object_count(), 2);
+        let err = s
+            .apply(Batch {
+                ops: vec![
+                    put("c", "3"),
+                    Op::DeleteHint {
+                        owner: NodeId(1),
+                        key: b("bad"),
+                    },
+                ],
+            })
+            .unwrap_err();
+        assert!(err.0.contains("does not decode"), "{err}");
+        // The failed batch and the unsynced one before it are gone, counters included;
+        // the last synced state is what reads see.
+        assert_eq!(s.object(b"a"), Some(obj("1")));
+        assert_eq!(s.object(b"b"), None);
+        assert_eq!(s.object(b"c"), None);
+        assert_eq!(s.object_count(), 1);
+        assert_eq!(s.hint(NodeId(1), b"h2"), None);
+        assert_eq!(s.hint_usage(NodeId(1)), (1, 1));
+        // The driver must still call sync, and it fails; so does every later apply.
+        assert!(s.pending_sync());
+        assert!(s.sync().is_err());
+        assert!(s
+            .apply(Batch {
+                ops: vec![put("d", "4")]
+            })
+            .is_err());
+        assert!(s.sync().is_err());
+        assert_eq!(s.object(b"d"), None);
+        assert_eq!(s.syncs(), 1);
     }
 
     /// Child half of `crash_after_sync_keeps_synced_batches`: writes, syncs, writes
@@ -800,24 +998,36 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
-        /// RedbStorage behaves exactly like the core's MemStorage, across syncs and reopens.
+        /// RedbStorage behaves exactly like the core's MemStorage, across syncs and
+    /// reopens (a reopen without sync returns to the last synced state).
         #[test]
         fn matches_mem_storage(
             batches in prop::collection::vec(
-                (prop::collection::vec(arb_op(), 0..8), 0u8..4), 1..12)
+                (prop::collection::vec(arb_op(), 0..8), 0u8..5), 1..12)
         ) {
             let dir = tempfile::tempdir().unwrap();
             let mut r = RedbStorage::open(dir.path()).unwrap();
             let mut m = MemStorage::new();
+            let mut m_synced = m.clone();
             for (ops, action) in batches {
                 r.apply(Batch { ops: ops.clone() }).unwrap();
                 m.apply(Batch { ops }).unwrap();
                 match action {
-                    0 => r.sync().unwrap(),
+                    0 => {
+                        r.sync().unwrap();
+                        m_synced = m.clone();
+                    }
                     1 => {
                         r.sync().unwrap();
+                        m_synced = m.clone();
                         drop(r);
                         r = RedbStorage::open(dir.path()).unwrap();
+                    }
+                    2 => {
+                        // Closed without sync: back to the last synced state.
+                        drop(r);
+                        r = RedbStorage::open(dir.path()).unwrap();
+                        m = m_synced.clone();
                     }
                     _ => {}
                 }
