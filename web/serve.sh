@@ -15,13 +15,13 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WB" ]; then
     || cargo install wasm-bindgen-cli --version "$WB"
 fi
 
-cargo build --release --locked --target wasm32-unknown-unknown -p ringlab-web
+cargo build --profile wasm-release --locked --target wasm32-unknown-unknown -p ringlab-web
 rm -rf dist && mkdir -p dist
-wasm-bindgen --target web --no-typescript --out-dir dist --out-name ringlab_web \
-  target/wasm32-unknown-unknown/release/ringlab-web.wasm
+wasm-bindgen --target web --no-typescript --out-dir dist --out-name ringlab_web --remove-name-section \
+  target/wasm32-unknown-unknown/wasm-release/ringlab-web.wasm
 cp index.html dist/index.html
 cp web/style.css dist/style.css
-echo "built dist/ ($(du -k dist/ringlab_web_bg.wasm | cut -f1) KiB of wasm)"
+echo "built dist/: $(du -k dist/ringlab_web_bg.wasm | cut -f1) KiB of wasm, $(gzip -c dist/ringlab_web_bg.wasm | wc -c | awk '{printf "%d", $1/1024}') KiB gzipped"
 
 [ "${1:-}" = "--build-only" ] && exit 0
 echo "Ringlab explorer: http://127.0.0.1:$PORT/"

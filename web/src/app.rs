@@ -10,9 +10,7 @@ use bytes::Bytes;
 use gloo_render::{request_animation_frame, AnimationFrame};
 use ringlab_core::gossip::Status;
 use ringlab_core::sim::{Action, DropReason, NetConfig, SimConfig, Workload};
-use ringlab_core::{
-    Admin, ClientOp, ClientReply, Dur, MessageKind, NodeId, Partition, Time,
-};
+use ringlab_core::{Admin, ClientOp, ClientReply, Dur, MessageKind, NodeId, Partition, Time};
 use std::f64::consts::PI;
 use wasm_bindgen::JsCast;
 use yew::prelude::*;
@@ -51,6 +49,8 @@ pub enum Msg {
     AddNode,
     /// A key press (space, arrows).
     Key(String),
+    /// A click on the ring at SVG coordinates: drops the nearest message.
+    ClickRing(f64, f64),
 }
 
 /// The root component: owns the simulator (outside any reducer) and the UI state.
@@ -62,6 +62,7 @@ pub struct App {
     frame_start: f64,
     _keys: Option<gloo_events::EventListener>,
     url_dirty: bool,
+    canvas: NodeRef,
 }
 
 fn perf_now() -> f64 {
@@ -223,11 +224,7 @@ impl App {
         };
         let op = match self.ui.op.as_str() {
             "get" => ClientOp::Get { key, r: q },
-            "delete" => ClientOp::Delete {
-                key,
-                context,
-                w: q,
-            },
+            "delete" => ClientOp::Delete { key, context, w: q },
             _ => ClientOp::Put {
                 key,
                 value: Bytes::from(self.ui.value.clone().into_bytes()),
@@ -380,6 +377,7 @@ impl Component for App {
             frame_start: 0.0,
             _keys: keys,
             url_dirty: true,
+            canvas: NodeRef::default(),
         }
     }
 
@@ -451,17 +449,13 @@ impl Component for App {
                     Err(e) => self.ui.error = Some(e),
                 }
             }
-            Msg::ApplyGroups => {
-                match parse_groups(&self.ui.groups, self.sim.world().node_count()) {
-                    Some(g) => self.act(Action::Partition(g)),
-                    None => {
-                        self.ui.error = Some(
-                            "partition: two or more groups of node names separated by |, e.g. “A B | C D”"
-                                .into(),
-                        )
-                    }
-                }
-            }
+            Msg::ApplyGroups => match parse_groups(&self.ui.groups, self.sim.world().node_count()) {
+                Some(g) => self.act(Action::Partition(g)),
+                None => self.ui.error = Some(
+                    "partition: two or more groups of node names separated by |, e.g. “A B | C D”"
+                        .into(),
+                ),
+            },
             Msg::AddNode => {
                 let id = NodeId(self.sim.world().node_count() as u32);
                 let contact = self.ui.selected;
@@ -478,6 +472,18 @@ impl Component for App {
                     admin: Admin::Join { contact },
                 });
             }
+            Msg::ClickRing(x, y) => {
+                let hit = self
+                    .flights()
+                    .into_iter()
+                    .map(|(id, mx, my, _)| (id, (mx - x).powi(2) + (my - y).powi(2)))
+                    .filter(|(_, d2)| *d2 <= 100.0)
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                match hit {
+                    Some((id, _)) => self.act(Action::DropMessage(id)),
+                    None => return false,
+                }
+            }
             Msg::Key(k) => match k.as_str() {
                 " " => self.ui.reduce(UiAction::TogglePlay),
                 "ArrowRight" => return <Self as Component>::update(self, ctx, Msg::StepFwd),
@@ -492,6 +498,7 @@ impl Component for App {
     }
 
     fn rendered(&mut self, ctx: &Context<Self>, first_render: bool) {
+        self.draw_messages();
         if first_render {
             let link = ctx.link().clone();
             self.frame = Some(request_animation_frame(move |t| {
@@ -568,6 +575,84 @@ fn select_cb(link: &yew::html::Scope<App>, f: fn(&mut UiState, String)) -> Callb
 }
 
 impl App {
+    /// Messages in flight as (id, x, y, kind) at `(now − sent)/(deliver − sent)`
+    /// along their path (at most 1500; 300 when more than 64 nodes).
+    fn flights(&self) -> Vec<(u64, f64, f64, MessageKind)> {
+        let w = self.sim.world();
+        let count = w.node_count();
+        let now = w.now();
+        let max_drawn = if count > 64 { 300 } else { 1500 };
+        w.in_flight()
+            .iter()
+            .take(max_drawn)
+            .map(|m| {
+                let span = m.deliver.0.saturating_sub(m.sent.0).max(1) as f64;
+                let f = (now.0.saturating_sub(m.sent.0) as f64 / span).clamp(0.0, 1.0);
+                let (x0, y0) = node_pos(m.from.0 as usize, count);
+                let (x1, y1) = node_pos(m.to.0 as usize, count);
+                (m.id, x0 + (x1 - x0) * f, y0 + (y1 - y0) * f, m.msg.kind())
+            })
+            .collect()
+    }
+
+    /// Draws messages in flight and fading drops on the canvas over the ring
+    /// (a canvas, not SVG elements: hundreds of moving dots every frame).
+    fn draw_messages(&self) {
+        let Some(canvas) = self.canvas.cast::<web_sys::HtmlCanvasElement>() else {
+            return;
+        };
+        let Some(cx) = canvas
+            .get_context("2d")
+            .ok()
+            .flatten()
+            .and_then(|c| c.dyn_into::<web_sys::CanvasRenderingContext2d>().ok())
+        else {
+            return;
+        };
+        cx.clear_rect(0.0, 0.0, 640.0, 640.0);
+        let w = self.sim.world();
+        let count = w.node_count();
+        let now = w.now();
+        let r = if count > 64 { 2.5 } else { 5.0 };
+        let flights = self.flights();
+        for (kind, _) in KINDS {
+            cx.set_fill_style_str(kind_color(kind));
+            cx.begin_path();
+            for &(_, x, y, k) in &flights {
+                if k == kind {
+                    cx.move_to(x + r, y);
+                    let _ = cx.arc(x, y, r, 0.0, 2.0 * PI);
+                }
+            }
+            cx.fill();
+        }
+        cx.set_stroke_style_str("#d32f2f");
+        cx.set_line_width(2.0);
+        for d in w
+            .recent_drops()
+            .filter(|d| now.0.saturating_sub(d.at.0) < 800)
+        {
+            let age = now.0.saturating_sub(d.at.0) as f64 / 800.0;
+            let f = match d.reason {
+                DropReason::Loss => 0.1,
+                DropReason::Manual => 0.5,
+                _ => 0.9,
+            };
+            let (x0, y0) = node_pos(d.from.0 as usize, count);
+            let (x1, y1) = node_pos(d.to.0 as usize, count);
+            let (x, y) = (x0 + (x1 - x0) * f, y0 + (y1 - y0) * f);
+            cx.set_global_alpha(1.0 - age);
+            cx.begin_path();
+            cx.move_to(x - 5.0, y - 5.0);
+            cx.line_to(x + 5.0, y + 5.0);
+            cx.move_to(x + 5.0, y - 5.0);
+            cx.line_to(x - 5.0, y + 5.0);
+            let _ = cx.arc(x, y, 8.0, 0.0, 2.0 * PI);
+            cx.stroke();
+        }
+        cx.set_global_alpha(1.0);
+    }
+
     fn header(&self, link: &yew::html::Scope<App>) -> Html {
         let w = self.sim.world();
         let speed = self.ui.speed;
@@ -610,7 +695,11 @@ impl App {
         let sel = self.ui.selected;
         let Some(viewer) = w.node(sel) else {
             // The selected node is down: show the simulator's ground truth.
-            return if w.is_up(id) { ("up", "#4caf50") } else { ("down", "#555") };
+            return if w.is_up(id) {
+                ("up", "#4caf50")
+            } else {
+                ("down", "#555")
+            };
         };
         if id == sel {
             return ("up (self)", "#4caf50");
@@ -625,7 +714,9 @@ impl App {
         match viewer.detector().view(id) {
             Some(v) if v.reported_dead => ("dead-reported", "#d32f2f"),
             Some(v) if !v.reachable() => ("unreachable", "#ff9800"),
-            _ if status.is_none() && !viewer.ring().is_some_and(|r| r.contains(id)) => ("unknown", "#bbb"),
+            _ if status.is_none() && !viewer.ring().is_some_and(|r| r.contains(id)) => {
+                ("unknown", "#bbb")
+            }
             _ => ("up", "#4caf50"),
         }
     }
@@ -636,7 +727,6 @@ impl App {
         let count = w.node_count();
         let big = count > 64;
         let q = ring.partitions();
-        let now = w.now();
         // Partition arcs, merged into runs of one owner.
         let mut arcs = Vec::new();
         let mut start = 0u32;
@@ -662,8 +752,14 @@ impl App {
             let pl = ring.preference_list(key);
             primaries = pl.primaries.clone();
             fallbacks = pl.fallbacks.iter().take(2).copied().collect();
-            let (x0, y0) = (CX + (R_PART - 20.0) * a.cos(), CY + (R_PART - 20.0) * a.sin());
-            let (x1, y1) = (CX + (R_PART + 12.0) * a.cos(), CY + (R_PART + 12.0) * a.sin());
+            let (x0, y0) = (
+                CX + (R_PART - 20.0) * a.cos(),
+                CY + (R_PART - 20.0) * a.sin(),
+            );
+            let (x1, y1) = (
+                CX + (R_PART + 12.0) * a.cos(),
+                CY + (R_PART + 12.0) * a.sin(),
+            );
             key_marks = html! { <g>
                 <line x1={format!("{x0:.1}")} y1={format!("{y0:.1}")} x2={format!("{x1:.1}")} y2={format!("{y1:.1}")} stroke="#111" stroke-width="3"/>
                 <text x={format!("{:.1}", CX + (R_PART - 34.0) * a.cos())} y={format!("{:.1}", CY + (R_PART - 34.0) * a.sin())} class="keylabel" text-anchor="middle">{ format!("{} (p{})", self.ui.key, pl.partition.0) }</text>
@@ -679,38 +775,24 @@ impl App {
                 html! { <line x1={format!("{x0:.1}")} y1={format!("{y0:.1}")} x2={format!("{x1:.1}")} y2={format!("{y1:.1}")} class="cut"/> }
             }).collect()
         };
-        // Messages in flight.
-        let flights = w.in_flight();
-        let total_flights = flights.len();
-        let max_drawn = if big { 300 } else { 1500 };
-        let msgs: Vec<Html> = flights.iter().take(max_drawn).map(|m| {
-            let span = m.deliver.0.saturating_sub(m.sent.0).max(1) as f64;
-            let f = (now.0.saturating_sub(m.sent.0) as f64 / span).clamp(0.0, 1.0);
-            let (x0, y0) = node_pos(m.from.0 as usize, count);
-            let (x1, y1) = node_pos(m.to.0 as usize, count);
-            let (x, y) = (x0 + (x1 - x0) * f, y0 + (y1 - y0) * f);
-            let kind = m.msg.kind();
-            html! { <circle cx={format!("{x:.1}")} cy={format!("{y:.1}")} r={if big {"2.5"} else {"5"}} fill={kind_color(kind)}
-                class="msg" data-id={m.id.to_string()}><title>{ format!("{kind:?} {}→{} (click to drop)", m.from, m.to) }</title></circle> }
-        }).collect();
-        let drops: Vec<Html> = w.recent_drops().filter(|d| now.0.saturating_sub(d.at.0) < 800).map(|d| {
-            let age = now.0.saturating_sub(d.at.0) as f64 / 800.0;
-            let f = match d.reason { DropReason::Loss => 0.1, DropReason::Manual => 0.5, _ => 0.9 };
-            let (x0, y0) = node_pos(d.from.0 as usize, count);
-            let (x1, y1) = node_pos(d.to.0 as usize, count);
-            let (x, y) = (x0 + (x1 - x0) * f, y0 + (y1 - y0) * f);
-            html! { <g opacity={format!("{:.2}", 1.0 - age)}>
-                <circle cx={format!("{x:.1}")} cy={format!("{y:.1}")} r="7" fill="none" stroke="#d32f2f" stroke-width="2"/>
-                <text x={format!("{x:.1}")} y={format!("{:.1}", y + 4.0)} text-anchor="middle" class="dropx">{"×"}</text>
-            </g> }
-        }).collect();
-        let on_msg = link.callback(|e: MouseEvent| {
-            let id = e.target_dyn_into::<web_sys::Element>()
-                .and_then(|el| el.get_attribute("data-id"))
-                .and_then(|s| s.parse::<u64>().ok());
-            match id {
-                Some(id) => Msg::Act(Action::DropMessage(id)),
-                None => Msg::Edit(Box::new(|_| {})),
+        let total_flights = w.in_flight().len();
+        let on_click = link.callback(|e: MouseEvent| {
+            let on_node = e
+                .target_dyn_into::<web_sys::Element>()
+                .and_then(|el| el.closest(".node").ok().flatten())
+                .is_some();
+            let svg = e
+                .current_target()
+                .and_then(|t| t.dyn_into::<web_sys::Element>().ok());
+            let width = svg.map_or(640.0, |s| f64::from(s.client_width().max(1)));
+            let scale = 640.0 / width;
+            if on_node {
+                Msg::Edit(Box::new(|_| {}))
+            } else {
+                Msg::ClickRing(
+                    f64::from(e.offset_x()) * scale,
+                    f64::from(e.offset_y()) * scale,
+                )
             }
         });
         let nodes: Vec<Html> = (0..count).map(|i| {
@@ -740,13 +822,12 @@ impl App {
         }).collect();
         html! {
             <div class="ringbox">
-                <svg viewBox="0 0 640 640" class="ring" data-testid="ring">
+                <canvas ref={self.canvas.clone()} width="640" height="640" class="msgs"></canvas>
+                <svg viewBox="0 0 640 640" class="ring" data-testid="ring" onclick={on_click}>
                     <circle cx="320" cy="320" r={R_PART.to_string()} fill="none" stroke="#eee" stroke-width="20"/>
                     { for arcs }
                     { key_marks }
                     { for cuts }
-                    <g onclick={on_msg}>{ for msgs }</g>
-                    { for drops }
                     { for nodes }
                     <text x="320" y="312" text-anchor="middle" class="center">{ format!("{} nodes · Q={q} · N={}", count, w.sim_config().config.n) }</text>
                     <text x="320" y="332" text-anchor="middle" class="center muted" data-testid="inflight">{ format!("{total_flights} messages in flight") }</text>
@@ -789,16 +870,24 @@ impl App {
     fn guide(&self, link: &yew::html::Scope<App>) -> Html {
         let Some(g) = self.sim.scenario().guide.as_ref() else {
             return html! { <div class="panel guide"><h3>{"Guided scenarios"}</h3>
-                <p class="muted">{"Pick S1–S9 above: the cluster is set up, a sentence explains each step, “next” runs it and the check below shows it passing."}</p></div> };
+            <p class="muted">{"Pick S1–S9 above: the cluster is set up, a sentence explains each step, “next” runs it and the check below shows it passing."}</p></div> };
         };
         let total = presets::step_count(&self.sim);
-        let Some((i, text, check)) = presets::current(&self.sim) else { return Html::default() };
+        let Some((i, text, check)) = presets::current(&self.sim) else {
+            return Html::default();
+        };
         let w = self.sim.world();
         let key = &g.key;
-        let replicas = if key.is_empty() { Html::default() } else {
+        let replicas = if key.is_empty() {
+            Html::default()
+        } else {
             let h = presets::holders(w, key);
-            let hints: Vec<String> = w.hints().iter().filter(|(_, _, k)| k.as_ref() == key.as_slice())
-                .map(|(h, o, _)| format!("{h} holds a hint for {o}")).collect();
+            let hints: Vec<String> = w
+                .hints()
+                .iter()
+                .filter(|(_, _, k)| k.as_ref() == key.as_slice())
+                .map(|(h, o, _)| format!("{h} holds a hint for {o}"))
+                .collect();
             html! { <div class="keyline">
                 <div data-testid="guide-replicas" data-count={h.len().to_string()}>{ format!("“{}” replicas: {} ({})", String::from_utf8_lossy(key), h.len(),
                     h.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")) }</div>
@@ -928,14 +1017,14 @@ impl App {
                 <div class="row">
                     <label class="small">{"loss %"}<input class="short" value={self.ui.loss.clone()} oninput={input_cb(link, |ui, v| ui.loss = v)}/></label>
                     <label class="small">{"dup %"}<input class="short" value={self.ui.dup.clone()} oninput={input_cb(link, |ui, v| ui.dup = v)}/></label>
-                    <label class="small">{"latency"}<input class="short" value={self.ui.lat_min.clone()} oninput={input_cb(link, |ui, v| ui.lat_min = v)}/>
-                        {"–"}<input class="short" value={self.ui.lat_max.clone()} oninput={input_cb(link, |ui, v| ui.lat_max = v)}/>{"ms"}</label>
-                    <button onclick={link.callback(|_| Msg::ApplyNet)}>{"Set"}</button>
+                    <label class="small">{"latency"}<input class="short" data-testid="lat-min" value={self.ui.lat_min.clone()} oninput={input_cb(link, |ui, v| ui.lat_min = v)}/>
+                        {"–"}<input class="short" data-testid="lat-max" value={self.ui.lat_max.clone()} oninput={input_cb(link, |ui, v| ui.lat_max = v)}/>{"ms"}</label>
+                    <button data-testid="net-set" onclick={link.callback(|_| Msg::ApplyNet)}>{"Set"}</button>
                 </div>
                 <h3>{"Workload"}</h3>
                 <div class="row">
                     <button disabled={!wl_on} onclick={link.callback(|_| Msg::Act(Action::SetWorkload(Some(Workload { interval: Dur::millis(100), ..Workload::default() }))))}>{"Start (10 req/s)"}</button>
-                    <button onclick={link.callback(|_| Msg::Act(Action::SetWorkload(Some(Workload { interval: Dur::millis(5), ..Workload::default() }))))}>{"Heavy (200 req/s)"}</button>
+                    <button data-testid="workload-heavy" onclick={link.callback(|_| Msg::Act(Action::SetWorkload(Some(Workload { interval: Dur::millis(5), ..Workload::default() }))))}>{"Heavy (200 req/s)"}</button>
                     <button onclick={link.callback(|_| Msg::Act(Action::SetWorkload(None)))}>{"Stop"}</button>
                 </div>
             </div>
@@ -1001,12 +1090,21 @@ impl App {
         let q = ring.partitions();
         let p = Partition(self.ui.merkle_p.min(q - 1));
         let prim = ring.primaries(p).to_vec();
-        let x = prim.get(self.ui.merkle_x.min(prim.len().saturating_sub(1))).copied();
-        let y = prim.get(self.ui.merkle_y.min(prim.len().saturating_sub(1))).copied();
+        let x = prim
+            .get(self.ui.merkle_x.min(prim.len().saturating_sub(1)))
+            .copied();
+        let y = prim
+            .get(self.ui.merkle_y.min(prim.len().saturating_sub(1)))
+            .copied();
         let tx = x.and_then(|n| w.node(n)).and_then(|n| n.merkle_tree(p));
         let ty = y.and_then(|n| w.node(n)).and_then(|n| n.merkle_tree(p));
-        let draw = |t: Option<&ringlab_core::merkle::MerkleTree>, other: Option<&ringlab_core::merkle::MerkleTree>, who: Option<NodeId>| -> Html {
-            let Some(t) = t else { return html!{ <div class="muted">{ format!("{}: no tree (down or not a replica)", who.map(|n| n.to_string()).unwrap_or_default()) }</div> } };
+        let draw = |t: Option<&ringlab_core::merkle::MerkleTree>,
+                    other: Option<&ringlab_core::merkle::MerkleTree>,
+                    who: Option<NodeId>|
+         -> Html {
+            let Some(t) = t else {
+                return html! { <div class="muted">{ format!("{}: no tree (down or not a replica)", who.map(|n| n.to_string()).unwrap_or_default()) }</div> };
+            };
             let depth = t.depth();
             let shown = depth.min(6);
             let rows: Vec<Html> = (0..=shown).rev().map(|lvl| {
@@ -1021,12 +1119,17 @@ impl App {
                 }).collect();
                 html!{ <div class="mrow">{ for cells }</div> }
             }).collect();
-            html!{ <div class="mtree">
+            html! { <div class="mtree">
                 <div><b>{ who.map(|n| n.to_string()).unwrap_or_default() }</b>{ format!(" root {} · {} keys", ringlab_core::merkle::short_hex(&t.root()), t.len()) }</div>
                 { for rows }
             </div> }
         };
-        let bytes = w.stats().bytes_by_kind.get(&MessageKind::Merkle).copied().unwrap_or(0);
+        let bytes = w
+            .stats()
+            .bytes_by_kind
+            .get(&MessageKind::Merkle)
+            .copied()
+            .unwrap_or(0);
         let repairs: Vec<Html> = self.sim.log().iter().rev().filter_map(|e| match &e.entry.record {
             ringlab_core::sim::Record::Event { node, event: ringlab_core::Event::MerkleKeysRepaired { peer, partition, n, bytes } } =>
                 Some(html!{ <div class="small">{ format!("{:.3} s: {node} repaired {n} key(s) of p{partition} from {peer} ({bytes} B)", e.entry.at.0 as f64 / 1000.0) }</div> }),
@@ -1060,10 +1163,14 @@ impl App {
         let w = self.sim.world();
         let count = w.node_count();
         let inv_members = {
-            let mut rings: std::collections::BTreeMap<Vec<NodeId>, Vec<NodeId>> = Default::default();
+            let mut rings: std::collections::BTreeMap<Vec<NodeId>, Vec<NodeId>> =
+                Default::default();
             for i in 0..count as u32 {
                 if let Some(r) = w.node(NodeId(i)).and_then(|n| n.ring()) {
-                    rings.entry(r.members().map(|(id, _)| id).collect()).or_default().push(NodeId(i));
+                    rings
+                        .entry(r.members().map(|(id, _)| id).collect())
+                        .or_default()
+                        .push(NodeId(i));
                 }
             }
             rings
@@ -1084,10 +1191,10 @@ impl App {
             </div> }
         }).collect();
         let matrix = if count > 16 {
-            html!{ <p class="muted">{"The matrix is shown for up to 16 nodes."}</p> }
+            html! { <p class="muted">{"The matrix is shown for up to 16 nodes."}</p> }
         } else {
             let now = w.now();
-            html!{ <table class="matrix">
+            html! { <table class="matrix">
                 <tr><th>{"view of ↓ / about →"}</th>{ for (0..count as u32).map(|j| html!{ <th>{ NodeId(j).to_string() }{ if seeds.contains(&NodeId(j)) { "★" } else { "" } }</th> }) }</tr>
                 { for (0..count as u32).map(|i| {
                     let obs = w.node(NodeId(i));
@@ -1118,8 +1225,10 @@ impl App {
 
     fn settings(&self, link: &yew::html::Scope<App>) -> Html {
         let f = &self.ui.settings;
-        let field = |label: &'static str, v: &String, cb: fn(&mut UiState, String)| html!{
-            <label class="field">{ label }<input class="short" value={v.clone()} oninput={input_cb(link, cb)}/></label>
+        let field = |label: &'static str, v: &String, cb: fn(&mut UiState, String)| {
+            html! {
+                <label class="field">{ label }<input class="short" value={v.clone()} oninput={input_cb(link, cb)}/></label>
+            }
         };
         html! {
             <div class="panel">
@@ -1161,7 +1270,15 @@ pub fn describe(r: &ringlab_core::sim::Record) -> String {
 
 fn action_text(a: &Action) -> String {
     match a {
-        Action::Client { node, op } => format!("client {} {} at {node}", match op { ClientOp::Put { .. } => "put", ClientOp::Get { .. } => "get", ClientOp::Delete { .. } => "delete" }, String::from_utf8_lossy(op.key())),
+        Action::Client { node, op } => format!(
+            "client {} {} at {node}",
+            match op {
+                ClientOp::Put { .. } => "put",
+                ClientOp::Get { .. } => "get",
+                ClientOp::Delete { .. } => "delete",
+            },
+            String::from_utf8_lossy(op.key())
+        ),
         Action::Admin { node, admin } => match admin {
             Admin::SetRing(r) => format!("{node} gets a ring of {}", r.member_count()),
             Admin::Join { contact } => format!("{node} joins via {contact}"),
@@ -1169,8 +1286,24 @@ fn action_text(a: &Action) -> String {
             Admin::Remove { node: x } => format!("{node} removes {x}"),
         },
         Action::SetNet(_) => "network settings changed".into(),
-        Action::SetWorkload(w) => if w.is_some() { "workload started".into() } else { "workload stopped".into() },
-        Action::Partition(g) => format!("partition {}", g.iter().map(|x| x.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join(" | ")),
+        Action::SetWorkload(w) => {
+            if w.is_some() {
+                "workload started".into()
+            } else {
+                "workload stopped".into()
+            }
+        }
+        Action::Partition(g) => format!(
+            "partition {}",
+            g.iter()
+                .map(|x| x
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
         other => format!("{other:?}"),
     }
 }
@@ -1180,17 +1313,27 @@ fn event_text(e: &ringlab_core::Event) -> String {
     let k = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
     match e {
         E::HintStored { owner, key } => format!("stored a hint for {owner} ({})", k(key)),
-        E::HintDelivered { owner, key } => format!("delivered its hint to {owner} and deleted it ({})", k(key)),
+        E::HintDelivered { owner, key } => {
+            format!("delivered its hint to {owner} and deleted it ({})", k(key))
+        }
         E::HandoffStarted { owner, hints } => format!("handing {hints} hint(s) to {owner}"),
         E::HandoffReceived { from, keys } => format!("merged {keys} key(s) handed off by {from}"),
         E::ReplicaStored { key, siblings } => format!("stored {} ({siblings} sibling(s))", k(key)),
         E::QuorumMet { key, got, need, .. } => format!("quorum met for {} ({got}/{need})", k(key)),
         E::RequestFailed { key, error, .. } => format!("request on {} failed: {error}", k(key)),
-        E::StandInRecruited { key, owner, stand_in } => format!("{stand_in} stands in for {owner} ({})", k(key)),
+        E::StandInRecruited {
+            key,
+            owner,
+            stand_in,
+        } => format!("{stand_in} stands in for {owner} ({})", k(key)),
         E::PeerUnreachable { peer } => format!("{peer} unreachable"),
         E::PeerReachable { peer } => format!("{peer} reachable again"),
         E::PeerReportedDead { peer } => format!("reports {peer} dead"),
-        E::MemberStateChanged { member, status, generation } => format!("learned {member} is {status} (gen {generation})"),
+        E::MemberStateChanged {
+            member,
+            status,
+            generation,
+        } => format!("learned {member} is {status} (gen {generation})"),
         other => format!("{other:?}"),
     }
 }

@@ -66,7 +66,9 @@ fn url_round_trip() {
     assert!(frag
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c)));
-    let back = Scenario::from_fragment(&format!("#{frag}")).unwrap().unwrap();
+    let back = Scenario::from_fragment(&format!("#{frag}"))
+        .unwrap()
+        .unwrap();
     assert_eq!(back, sc);
     assert!(Scenario::from_fragment("#s=%%%").unwrap().is_err());
     assert!(Scenario::from_fragment("#s=AAAA").unwrap().is_err());
