@@ -985,7 +985,6 @@ impl App {
         let sel = self.ui.selected;
         let w = self.sim.world();
         let cfg = &w.net().config;
-        let wl_on = w.sim_config().nodes.len() > 0;
         html! {
             <div class="panel">
                 <h3>{ format!("Node {sel}{}", if w.is_up(sel) { "" } else { " (crashed)" }) }</h3>
@@ -1023,7 +1022,7 @@ impl App {
                 </div>
                 <h3>{"Workload"}</h3>
                 <div class="row">
-                    <button disabled={!wl_on} onclick={link.callback(|_| Msg::Act(Action::SetWorkload(Some(Workload { interval: Dur::millis(100), ..Workload::default() }))))}>{"Start (10 req/s)"}</button>
+                    <button onclick={link.callback(|_| Msg::Act(Action::SetWorkload(Some(Workload { interval: Dur::millis(100), ..Workload::default() }))))}>{"Start (10 req/s)"}</button>
                     <button data-testid="workload-heavy" onclick={link.callback(|_| Msg::Act(Action::SetWorkload(Some(Workload { interval: Dur::millis(5), ..Workload::default() }))))}>{"Heavy (200 req/s)"}</button>
                     <button onclick={link.callback(|_| Msg::Act(Action::SetWorkload(None)))}>{"Stop"}</button>
                 </div>
