@@ -65,6 +65,25 @@ try {
     }, [nodes, busy]);
     console.log(`  sim in page, ${nodes} nodes ${busy ? "busy" : "idle"}: ${(delivered / wall / 1000).toFixed(3)} M delivered msgs/s, ${(virtual / wall).toFixed(1)} virtual ms per wall ms`);
   }
+  // 1000 nodes, reduced drawing (dots, no labels, at most 300 messages drawn).
+  await page.click('[data-testid="tab-Settings"]');
+  await field("nodes").fill("1000");
+  await field("Q partitions").fill("1024");
+  const t0 = Date.now();
+  await page.click('[data-testid="apply-settings"]');
+  await page.waitForSelector('text=1000 nodes', { timeout: 60000 });
+  const built = Date.now() - t0;
+  if (!(await page.textContent('[data-testid="play"]')).includes("Pause")) await page.click('[data-testid="play"]');
+  await page.waitForTimeout(1000);
+  const big = await page.evaluate(async (ms) => {
+    window.__ringlabWork.length = 0;
+    const v0 = parseFloat(document.querySelector('[data-testid="time"]').textContent.replace(/[^0-9.]/g, ""));
+    const deltas = []; let last = performance.now(); const t0 = last;
+    await new Promise((done) => { const tick = (t) => { deltas.push(t - last); last = t; if (t - t0 < ms) requestAnimationFrame(tick); else done(); }; requestAnimationFrame(tick); });
+    const v1 = parseFloat(document.querySelector('[data-testid="time"]').textContent.replace(/[^0-9.]/g, ""));
+    return { deltas, work: [...window.__ringlabWork], virt: v1 - v0 };
+  }, 5000);
+  console.log(`1000 nodes (Q=1024, reduced drawing), built in ${built} ms; 5 s at 1×: ${big.deltas.length} frames, rAF median ${fmt(q(big.deltas, 0.5))} ms, work median ${fmt(q(big.work, 0.5))} ms p95 ${fmt(q(big.work, 0.95))} ms, virtual time advanced ${big.virt.toFixed(2)} s`);
   if (errors.length) { console.error("page errors:", errors); process.exitCode = 1; }
 } finally {
   await cleanup();

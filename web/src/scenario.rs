@@ -7,7 +7,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ringlab_core::sim::{Action, SimConfig};
-use ringlab_core::Time;
+use ringlab_core::{Admin, NodeId, Time};
 use serde::{Deserialize, Serialize};
 
 /// One action as it was applied: after `steps` simulator events, at virtual time
@@ -72,7 +72,48 @@ impl Scenario {
         let bytes = URL_SAFE_NO_PAD
             .decode(s.trim().as_bytes())
             .map_err(|e| format!("the link is damaged (base64): {e}"))?;
-        postcard::from_bytes(&bytes).map_err(|e| format!("the link is damaged (scenario): {e}"))
+        let sc: Scenario = postcard::from_bytes(&bytes)
+            .map_err(|e| format!("the link is damaged (scenario): {e}"))?;
+        sc.validate()?;
+        Ok(sc)
+    }
+
+    /// Checks what a hand-edited link could get wrong: node ids beyond the nodes
+    /// that exist when the action applies, actions out of order.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut nodes = self.cfg.nodes.len() as u32;
+        let mut last = (0, Time::ZERO);
+        for (i, r) in self.actions.iter().enumerate() {
+            if (r.steps, r.at) < last {
+                return Err(format!("the link is damaged: action {i} is out of order"));
+            }
+            last = (r.steps, r.at);
+            let mut ids: Vec<NodeId> = Vec::new();
+            match &r.action {
+                Action::Crash(n) | Action::Restart(n) | Action::Wipe(n) | Action::Isolate(n) => {
+                    ids.push(*n)
+                }
+                Action::Client { node, .. } => ids.push(*node),
+                Action::Admin { node, admin } => {
+                    ids.push(*node);
+                    match admin {
+                        Admin::Join { contact } => ids.push(*contact),
+                        Admin::Remove { node } => ids.push(*node),
+                        _ => {}
+                    }
+                }
+                Action::Block { from, to } => ids.extend([*from, *to]),
+                Action::Partition(groups) => ids.extend(groups.iter().flatten().copied()),
+                Action::AddNode { .. } => nodes += 1,
+                _ => {}
+            }
+            if let Some(bad) = ids.iter().find(|n| n.0 >= nodes) {
+                return Err(format!(
+                    "the link is damaged: action {i} names node {bad}, which does not exist"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The URL fragment (without `#`).

@@ -73,6 +73,17 @@ fn url_round_trip() {
     assert!(Scenario::from_fragment("#s=%%%").unwrap().is_err());
     assert!(Scenario::from_fragment("#s=AAAA").unwrap().is_err());
     assert!(Scenario::from_fragment("#other").is_none());
+    // A hand-edited link naming a node that does not exist is refused, not run.
+    let mut bad = sc.clone();
+    bad.actions.push(ringlab_web::scenario::Recorded {
+        steps: u64::MAX,
+        at: Time(u64::MAX),
+        action: Action::Admin {
+            node: NodeId(99),
+            admin: Admin::Leave,
+        },
+    });
+    assert!(Scenario::decode(&bad.encode()).is_err());
 }
 
 #[test]
