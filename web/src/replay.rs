@@ -13,6 +13,9 @@ use ringlab_core::sim::{Action, Record, TraceEntry, World};
 use ringlab_core::{ClientReq, NodeId, Time};
 use std::collections::{BTreeMap, VecDeque};
 
+/// Largest cluster whose trace is recorded for the event log.
+pub const TRACE_MAX_NODES: usize = 64;
+
 /// Entries of the trace kept for the event log.
 pub const LOG_CAP: usize = 4000;
 
@@ -83,7 +86,10 @@ impl Sim {
     /// clock reaches them).
     pub fn new(scenario: Scenario) -> Result<Sim, String> {
         let mut world = World::new(scenario.cfg.clone())?;
-        world.record_trace(true);
+        // The trace feeds the event log; above 64 nodes (reduced drawing) copying
+        // every record (gossip digests of a thousand members) would cost more
+        // than simulating, so the log is off there.
+        world.record_trace(scenario.cfg.nodes.len() <= TRACE_MAX_NODES);
         let horizon = scenario
             .actions
             .last()
