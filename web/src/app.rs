@@ -1151,6 +1151,11 @@ impl App {
             .get(&MessageKind::Merkle)
             .copied()
             .unwrap_or(0);
+        let divergent = if w.node_count() <= 64 {
+            w.divergent_partitions()
+        } else {
+            Vec::new()
+        };
         let repairs: Vec<Html> = self.sim.log().iter().rev().filter_map(|e| match &e.entry.record {
             ringlab_core::sim::Record::Event { node, event: ringlab_core::Event::MerkleKeysRepaired { peer, partition, n, bytes } } =>
                 Some(html!{ <div class="small">{ format!("{:.3} s: {node} repaired {n} key(s) of p{partition} from {peer} ({bytes} B)", e.entry.at.0 as f64 / 1000.0) }</div> }),
@@ -1171,6 +1176,13 @@ impl App {
                             { for prim.iter().enumerate().map(|(i, n)| html!{ <option value={i.to_string()} selected={i == self.ui.merkle_y}>{ n.to_string() }</option> }) }
                         </select>
                     </label>
+                </div>
+                <div class="small">{"partitions whose replicas' roots differ: "}
+                    if divergent.is_empty() { <span class="good">{"none"}</span> }
+                    { for divergent.iter().take(16).map(|d| {
+                        let d = d.0;
+                        html!{ <button class="chip" onclick={link.callback(move |_| Msg::Edit(Box::new(move |ui: &mut UiState| ui.merkle_p = d)))}>{ format!("p{d}") }</button> }
+                    }) }
                 </div>
                 <div class="muted small">{ format!("Merkle bytes sent so far: {bytes}. Red: nodes that differ between the two trees (bottom row = buckets).") }</div>
                 <div class="mpair">{ draw(tx, ty, x) }{ draw(ty, tx, y) }</div>
