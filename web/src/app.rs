@@ -995,6 +995,16 @@ impl App {
                         onclick={link.callback(|_| Msg::Edit(Box::new(|ui: &mut UiState| ui.use_context = !ui.use_context)))}/>{"send context"}</label>
                     <button data-testid="client-send" onclick={link.callback(|_| Msg::Submit)}>{"Send"}</button>
                 </div>
+                if !self.ui.key.is_empty() {
+                    <div class="small" data-testid="preflist">{ {
+                        let pl = w.ring().preference_list(self.ui.key.as_bytes());
+                        let pos = ringlab_core::ring::key_position(self.ui.key.as_bytes());
+                        format!("position {:.4} of the ring, partition {}: replicas {}; stand-ins in order {}",
+                            pos as f64 / 18_446_744_073_709_551_616.0, pl.partition.0,
+                            pl.primaries.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
+                            pl.fallbacks.iter().take(4).map(|n| n.to_string()).collect::<Vec<_>>().join(", "))
+                    } }</div>
+                }
                 { for last }
             </div>
         }
