@@ -57,12 +57,12 @@ try {
   console.log(`  messages in flight: median ${q(r.inflight, 0.5)}, min ${Math.min(...r.inflight)}, max ${Math.max(...r.inflight)}`);
   // Pure simulation speed in the page (the module instance the page already loaded).
   await page.click('[data-testid="play"]'); // pause the app
-  for (const [nodes, busy] of [[64, true], [64, false], [7, true]]) {
-    const [delivered, wall, virtual] = await page.evaluate(async ([n, b]) => {
+  for (const [nodes, busy, secs] of [[64, true, 3], [64, false, 30], [7, true, 3]]) {
+    const [delivered, wall, virtual] = await page.evaluate(async ([n, b, s]) => {
       const m = await import("/ringlab_web.js");
       m.bench_sim(n, b, 1); // warm-up
-      return Array.from(m.bench_sim(n, b, 2));
-    }, [nodes, busy]);
+      return Array.from(m.bench_sim(n, b, s));
+    }, [nodes, busy, secs]);
     console.log(`  sim in page, ${nodes} nodes ${busy ? "busy" : "idle"}: ${(delivered / wall / 1000).toFixed(3)} M delivered msgs/s, ${(virtual / wall).toFixed(1)} virtual ms per wall ms`);
   }
   // 1000 nodes, reduced drawing (dots, no labels, at most 300 messages drawn).
