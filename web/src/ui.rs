@@ -162,8 +162,8 @@ impl Default for UiState {
             groups: "A B C | D E F G".into(),
             loss: "0".into(),
             dup: "0".into(),
-            lat_min: "1".into(),
-            lat_max: "5".into(),
+            lat_min: "2".into(),
+            lat_max: "30".into(),
             settings: SettingsForm::default(),
             error: None,
         }
