@@ -427,6 +427,12 @@ impl World {
         &self.cfg
     }
 
+    /// The network emulator: link behaviour and the cuts in force (read-only, for
+    /// drawing partitions).
+    pub fn net(&self) -> &Netem {
+        &self.net
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
