@@ -153,3 +153,15 @@ fn every_preset_reaches_its_checks() {
         }
     }
 }
+
+/// The frame loop's chunks: about 3 ms of events at the measured cost, within
+/// [32, 1000], and the floor when the budget is spent.
+#[test]
+fn frame_chunks_follow_event_cost() {
+    use ringlab_web::app::chunk_events;
+    assert_eq!(chunk_events(14.0, 0.0078125), 384);
+    assert_eq!(chunk_events(1.0, 0.0078125), 128);
+    assert_eq!(chunk_events(0.0, 0.0078125), 32);
+    assert_eq!(chunk_events(14.0, 0.0), 1000);
+    assert_eq!(chunk_events(14.0, 1.0), 32);
+}
