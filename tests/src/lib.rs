@@ -771,6 +771,27 @@ impl Cluster {
         RingView::from_cluster(&self.cluster(i)?)
     }
 
+    /// A key `{prefix}-{i}` whose first owner is not the seed A (so killing that owner
+    /// leaves every other node seeded), with its preference list (from node A's
+    /// `/cluster`), the index of that first owner, and a node outside the list to
+    /// coordinate through.
+    pub fn key_away_from_seed(&self, prefix: &str) -> (String, Vec<String>, usize, usize) {
+        let ring = self.ring(0).expect("/cluster of node A");
+        let (key, prefs) = (0..1000)
+            .map(|i| format!("{prefix}-{i}"))
+            .map(|k| {
+                let p = ring.preference_list(k.as_bytes());
+                (k, p)
+            })
+            .find(|(_, p)| p[0] != "A")
+            .expect("some key is first owned by a node other than A");
+        let owner = self.index_of(&prefs[0]);
+        let coord = (0..self.nodes.len())
+            .find(|&i| !prefs.contains(&self.nodes[i].id))
+            .expect("more nodes than N");
+        (key, prefs, owner, coord)
+    }
+
     /// The status node `i` reports for member `id` (`up`, `unreachable`, …).
     pub fn status_of(&self, i: usize, id: &str) -> Option<String> {
         self.cluster(i)?["nodes"]

@@ -11,19 +11,7 @@ use std::time::Instant;
 #[test]
 fn write_via_non_owner_right_after_owner_crash_succeeds() {
     let mut c = Cluster::start(5, ClusterOpts::fast());
-    let ring = c.ring(0).expect("/cluster of node A");
-    let (key, prefs) = (0..1000)
-        .map(|i| format!("fwd-key-{i}"))
-        .map(|k| {
-            let p = ring.preference_list(k.as_bytes());
-            (k, p)
-        })
-        .find(|(_, p)| p[0] != "A")
-        .expect("some key is first owned by a node other than A");
-    let x = c.index_of(&prefs[0]);
-    let coord = (0..c.nodes.len())
-        .find(|&i| !prefs.contains(&c.nodes[i].id))
-        .expect("5 nodes, 3 primaries");
+    let (key, prefs, x, coord) = c.key_away_from_seed("fwd-key");
     eprintln!(
         "key {key}: preference list {prefs:?}, killing {}, writing via {}",
         c.nodes[x].id, c.nodes[coord].id

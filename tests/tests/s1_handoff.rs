@@ -11,23 +11,10 @@ use std::time::Duration;
 #[test]
 fn s1_write_through_stand_in_then_handoff_to_restarted_owner() {
     let mut c = Cluster::start(5, ClusterOpts::fast());
-    let ring = c.ring(0).expect("/cluster of node A");
-
-    // A key whose first owner is not the seed A (so every other node stays seeded).
-    let (key, prefs) = (0..1000)
-        .map(|i| format!("s1-key-{i}"))
-        .map(|k| {
-            let p = ring.preference_list(k.as_bytes());
-            (k, p)
-        })
-        .find(|(_, p)| p[0] != "A")
-        .expect("some key is first owned by a node other than A");
+    // A key whose first owner X is not the seed A, and a coordinator outside its
+    // preference list.
+    let (key, prefs, x, coord) = c.key_away_from_seed("s1-key");
     assert_eq!(prefs.len(), 3, "preference list {prefs:?}");
-    let x = c.index_of(&prefs[0]);
-    // Coordinate through a node outside the preference list.
-    let coord = (0..c.nodes.len())
-        .find(|&i| !prefs.contains(&c.nodes[i].id))
-        .expect("5 nodes, 3 primaries");
     eprintln!(
         "key {key}: preference list {prefs:?}, killing {}, writing via {}",
         c.nodes[x].id, c.nodes[coord].id
