@@ -18,7 +18,9 @@
 //! `None`, then read [`Node::poll_timeout`] and call `handle_input(now,
 //! Input::Timeout)` no later than that time.** Outputs that depend on storage
 //! (acks, replies) are only emitted after [`Storage::apply`] returned `Ok`, so a
-//! durable storage makes "acknowledged ⇒ on disk" hold.
+//! durable storage makes "acknowledged ⇒ on disk" hold. A host that defers
+//! durability (group commit) holds outputs until its sync, except those for which
+//! [`Message::may_precede_durability`] is true.
 //!
 //! ```
 //! use ringlab_core::{Config, Input, MemStorage, Node, NodeId, Output, Ring, Time};

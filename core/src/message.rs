@@ -94,6 +94,27 @@ impl Message {
         Message::Gossip(Box::new(m))
     }
 
+    /// Whether a host may send this message before the batch that produced it is
+    /// durable (the server does, to overlap its own fsync with the replicas').
+    ///
+    /// True only for requests that acknowledge nothing: a coordinator's replica
+    /// write, replica read and forwarded client request. Acks, read
+    /// replies (they may show data of the unsynced batch), hint and handoff traffic,
+    /// gossip and anti-entropy wait for the sync. A replica write carries a dot this
+    /// node may lose in a crash before the sync; restarts never reissue such dots
+    /// (see `Node::new`), so the early write is at worst an unacknowledged write
+    /// that survived elsewhere.
+    pub fn may_precede_durability(&self) -> bool {
+        matches!(
+            self,
+            Message::Replica(
+                quorum::Msg::Store { id: Some(_), .. }
+                    | quorum::Msg::Fetch { .. }
+                    | quorum::Msg::Forward { .. }
+            )
+        )
+    }
+
     /// A short name of the message kind, for traces, colours and counters.
     pub fn kind(&self) -> MessageKind {
         match self {

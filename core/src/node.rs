@@ -51,6 +51,10 @@ pub(crate) enum Timer {
     Gossip,
 }
 
+/// How far the epoch counter jumps on every restart (see [`Node::new`]): far more
+/// fresh epochs than a host hands out between two syncs.
+pub const RESTART_EPOCH_GAP: u64 = 1 << 20;
+
 const META_EPOCH: &str = "epoch";
 const META_EPOCH_FLOOR: &str = "epoch_floor";
 const META_RING: &str = "ring";
@@ -151,11 +155,23 @@ impl<S: Storage> Node<S> {
         };
         // A fresh (or wiped) disk starts epochs at a random offset so they cannot
         // collide with epochs this node used before the wipe.
-        let (epoch, floor) = match read_u64(META_EPOCH) {
-            Some(e) => (e, read_u64(META_EPOCH_FLOOR).unwrap_or(0)),
+        //
+        // A restart continues from a fresh range of epochs, [`RESTART_EPOCH_GAP`]
+        // above the last persisted one, and forbids continuing any earlier epoch.
+        // Why: a host may release replica writes before its own batch is durable
+        // ([`Message::may_precede_durability`]), so a crash can leave dots this node
+        // issued on other replicas but not on its own disk; reissuing them would give
+        // two different values the same dot. The host syncs at least once per
+        // [`RESTART_EPOCH_GAP`] fresh epochs (the server: every driver loop), so no
+        // epoch handed out before the crash can be handed out again.
+        let (epoch, floor, restarted) = match read_u64(META_EPOCH) {
+            Some(e) => {
+                let e = e.saturating_add(RESTART_EPOCH_GAP);
+                (e, e, true)
+            }
             None => {
                 let e = u64::from(rng.next_u32()) << 24;
-                (e, e)
+                (e, e, false)
             }
         };
         let stored_ring: Option<Ring> = storage
@@ -206,6 +222,19 @@ impl<S: Storage> Node<S> {
         node.set_timer(now + jitter, Timer::AntiEntropy);
         let jitter = node.jitter(node.config.gossip_interval);
         node.set_timer(now + jitter, Timer::Gossip);
+        if restarted {
+            // Persisted with the new generation, before any output can leave.
+            node.commit(vec![
+                Op::PutMeta {
+                    name: META_EPOCH.into(),
+                    value: epoch.to_be_bytes().to_vec(),
+                },
+                Op::PutMeta {
+                    name: META_EPOCH_FLOOR.into(),
+                    value: floor.to_be_bytes().to_vec(),
+                },
+            ]);
+        }
         node.init_membership();
         node.sync_trees();
         // Start-up effects (persisting the new generation) are not outputs.

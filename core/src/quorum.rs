@@ -1329,4 +1329,60 @@ mod tests {
             "old epochs can no longer be continued"
         );
     }
+
+    /// The early-release contract: a coordinator's replica write may leave before
+    /// its own batch is durable. If the node then crashes and restarts from the
+    /// state *before* that batch, its next write must not reuse the lost dot.
+    #[test]
+    fn dots_sent_before_durability_are_never_reissued_after_a_restart() {
+        let mut a = node(A, 3, Config::default());
+        let key = key_for(&a, &[A, B, C]);
+        a.handle_input(Time(0), put(&key, "first"));
+        drain(&mut a);
+        // What the disk holds at the last sync: "first" is durable.
+        let durable = a.storage().clone();
+        a.handle_input(Time(1), put(&key, "lost"));
+        let out = drain(&mut a);
+        let lost = sends(&out)
+            .into_iter()
+            .find_map(|(_, m)| match m {
+                Msg::Store { object, .. } => Some(object.clone()),
+                _ => None,
+            })
+            .expect("replica write");
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Send { msg, .. } if msg.may_precede_durability()
+        )));
+        // Crash before the sync: restart from the durable state.
+        let config = Config::default();
+        let ring = a.ring().cloned();
+        let mut a2 = Node::new(A, config, ring, durable, 2, Time(2));
+        drain(&mut a2);
+        a2.handle_input(Time(3), put(&key, "after restart"));
+        let out = drain(&mut a2);
+        let fresh = sends(&out)
+            .into_iter()
+            .find_map(|(_, m)| match m {
+                Msg::Store { object, .. } => Some(object.clone()),
+                _ => None,
+            })
+            .expect("replica write");
+        let lost_dots: Vec<Dot> = lost.siblings().map(|(d, _)| *d).collect();
+        let mut checked = 0;
+        for (d, v) in fresh.siblings() {
+            if v.map(|b| &b[..]) == Some(&b"after restart"[..]) {
+                assert!(!lost_dots.contains(d), "dot {d:?} reissued");
+                assert!(!lost.context().covers(d), "dot {d:?} already covered");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 1);
+        // Merging what B holds (the lost write) with the new write keeps both values.
+        let mut b = lost.clone();
+        b.merge(&fresh);
+        let values: Vec<Bytes> = b.siblings().filter_map(|(_, v)| v.cloned()).collect();
+        assert!(values.iter().any(|v| v == &b"after restart"[..]));
+        assert!(values.iter().any(|v| v == &b"lost"[..]));
+    }
 }

@@ -11,6 +11,8 @@
 //! per-run id so a run never inherits siblings from an earlier one; the key space is
 //! preloaded before any benchmark that reads.
 
+mod http;
+
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -132,8 +134,9 @@ enum Outcome {
 /// One client's connection to the store under test.
 enum Conn {
     Http {
-        client: reqwest::Client,
-        base: String,
+        client: http::HttpConn,
+        /// Reused request path buffer.
+        path: String,
         target: Target,
         r: Option<usize>,
         w: Option<usize>,
@@ -163,13 +166,8 @@ impl Conn {
                 }
             }
             target => Conn::Http {
-                client: reqwest::Client::builder()
-                    .timeout(args.timeout)
-                    .pool_max_idle_per_host(1)
-                    .tcp_nodelay(true)
-                    .build()
-                    .context("building the HTTP client")?,
-                base: url.trim_end_matches('/').to_string(),
+                client: http::HttpConn::new(url, args.timeout).map_err(anyhow::Error::msg)?,
+                path: String::with_capacity(128),
                 target,
                 r: args.r,
                 w: args.w,
@@ -182,48 +180,48 @@ impl Conn {
         match self {
             Conn::Http {
                 client,
-                base,
                 target: Target::Etcd,
                 ..
             } => {
                 let body = serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value)});
-                let req = client.post(format!("{base}/v3/kv/put")).json(&body);
-                match req.send().await {
-                    Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                        Ok(_) => Outcome::Ok,
-                        Err(e) => Outcome::Err(reqwest_kind(&e)),
-                    },
-                    Ok(resp) => Outcome::Err(http_kind(resp).await),
-                    Err(e) => Outcome::Err(reqwest_kind(&e)),
+                let body = body.to_string();
+                let headers = [("Content-Type", "application/json")];
+                match client
+                    .request("POST", "/v3/kv/put", &headers, body.as_bytes())
+                    .await
+                {
+                    Ok(resp) if (200..300).contains(&resp.status) => Outcome::Ok,
+                    Ok(resp) => Outcome::Err(http_kind(&resp)),
+                    Err(kind) => Outcome::Err(kind.to_string()),
                 }
             }
             Conn::Http {
                 client,
-                base,
                 w,
                 contexts,
+                path,
                 ..
             } => {
-                let mut url = format!("{base}/kv/{key}");
+                path.clear();
+                path.push_str("/kv/");
+                path.push_str(key);
                 if let Some(w) = w {
-                    url.push_str(&format!("?w={w}"));
+                    path.push_str(&format!("?w={w}"));
                 }
-                let mut req = client.put(url).body(value.to_vec());
-                if let Some(ctx) = contexts.get(&key_no) {
-                    req = req.header(CONTEXT_HEADER, ctx.as_str());
+                let ctx = contexts.get(&key_no);
+                let mut headers = Vec::with_capacity(1);
+                if let Some(ctx) = ctx {
+                    headers.push((CONTEXT_HEADER, ctx.as_str()));
                 }
-                match req.send().await {
-                    Ok(resp) if resp.status().is_success() => {
-                        if let Some(ctx) = context_of(&resp) {
+                match client.request("PUT", path, &headers, value).await {
+                    Ok(resp) if (200..300).contains(&resp.status) => {
+                        if let Some(ctx) = resp.context {
                             contexts.insert(key_no, ctx);
                         }
-                        match resp.bytes().await {
-                            Ok(_) => Outcome::Ok,
-                            Err(e) => Outcome::Err(reqwest_kind(&e)),
-                        }
+                        Outcome::Ok
                     }
-                    Ok(resp) => Outcome::Err(http_kind(resp).await),
-                    Err(e) => Outcome::Err(reqwest_kind(&e)),
+                    Ok(resp) => Outcome::Err(http_kind(&resp)),
+                    Err(kind) => Outcome::Err(kind.to_string()),
                 }
             }
             Conn::Redis { .. } => {
@@ -242,63 +240,51 @@ impl Conn {
         match self {
             Conn::Http {
                 client,
-                base,
                 target: Target::Etcd,
                 ..
             } => {
-                let body = serde_json::json!({"key": b64(key.as_bytes())});
+                let body = serde_json::json!({"key": b64(key.as_bytes())}).to_string();
+                let headers = [("Content-Type", "application/json")];
                 match client
-                    .post(format!("{base}/v3/kv/range"))
-                    .json(&body)
-                    .send()
+                    .request("POST", "/v3/kv/range", &headers, body.as_bytes())
                     .await
                 {
-                    Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                        Ok(b) => {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null);
-                            if v["kvs"].as_array().is_some_and(|a| !a.is_empty()) {
-                                Outcome::Ok
-                            } else {
-                                Outcome::NotFound
-                            }
+                    Ok(resp) if (200..300).contains(&resp.status) => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null);
+                        if v["kvs"].as_array().is_some_and(|a| !a.is_empty()) {
+                            Outcome::Ok
+                        } else {
+                            Outcome::NotFound
                         }
-                        Err(e) => Outcome::Err(reqwest_kind(&e)),
-                    },
-                    Ok(resp) => Outcome::Err(http_kind(resp).await),
-                    Err(e) => Outcome::Err(reqwest_kind(&e)),
+                    }
+                    Ok(resp) => Outcome::Err(http_kind(&resp)),
+                    Err(kind) => Outcome::Err(kind.to_string()),
                 }
             }
             Conn::Http {
                 client,
-                base,
                 r,
                 contexts,
+                path,
                 ..
             } => {
-                let mut url = format!("{base}/kv/{key}");
+                path.clear();
+                path.push_str("/kv/");
+                path.push_str(key);
                 if let Some(r) = r {
-                    url.push_str(&format!("?r={r}"));
+                    path.push_str(&format!("?r={r}"));
                 }
-                match client.get(url).send().await {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        if matches!(status, 200 | 300) {
-                            if let Some(ctx) = context_of(&resp) {
-                                contexts.insert(key_no, ctx);
-                            }
-                            match resp.bytes().await {
-                                Ok(_) => Outcome::Ok,
-                                Err(e) => Outcome::Err(reqwest_kind(&e)),
-                            }
-                        } else if status == 404 {
-                            let _ = resp.bytes().await;
-                            Outcome::NotFound
-                        } else {
-                            Outcome::Err(http_kind(resp).await)
+                match client.request("GET", path, &[], &[]).await {
+                    Ok(resp) if matches!(resp.status, 200 | 300) => {
+                        if let Some(ctx) = resp.context {
+                            contexts.insert(key_no, ctx);
                         }
+                        Outcome::Ok
                     }
-                    Err(e) => Outcome::Err(reqwest_kind(&e)),
+                    Ok(resp) if resp.status == 404 => Outcome::NotFound,
+                    Ok(resp) => Outcome::Err(http_kind(&resp)),
+                    Err(kind) => Outcome::Err(kind.to_string()),
                 }
             }
             Conn::Redis { .. } => {
@@ -423,37 +409,14 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn context_of(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
-        .get(CONTEXT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 /// `"<status> <error kind>"`, the kind taken from Ringlab's JSON error body when present.
-async fn http_kind(resp: reqwest::Response) -> String {
-    let status = resp.status().as_u16();
-    let kind = resp
-        .bytes()
-        .await
+fn http_kind(resp: &http::Response) -> String {
+    let kind = serde_json::from_slice::<serde_json::Value>(&resp.body)
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["error"].as_str().map(str::to_string));
     match kind {
-        Some(k) => format!("{status} {k}"),
-        None => status.to_string(),
-    }
-}
-
-fn reqwest_kind(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timeout".into()
-    } else if e.is_connect() {
-        "connect".into()
-    } else if e.is_body() || e.is_decode() {
-        "body".into()
-    } else {
-        "transport".into()
+        Some(k) => format!("{} {k}", resp.status),
+        None => resp.status.to_string(),
     }
 }
 

@@ -5,7 +5,10 @@
 //! **group-commits**: if storage has batches applied since the last fsync it syncs
 //! them all with one fsync, and only then releases the buffered sends and replies.
 //! So an ack or a client reply never leaves for a write that is not on disk, and
-//! one fsync is shared by every write of the batch. If the sync fails, [`Driver::run`]
+//! one fsync is shared by every write of the batch. Requests that acknowledge
+//! nothing (a coordinator's replica writes and reads, forwards:
+//! `Message::may_precede_durability`) leave at once, so a write's fsyncs on the
+//! coordinator and on the replicas run in parallel rather than one after another. If the sync fails, [`Driver::run`]
 //! returns the error before releasing anything and the process stops serving.
 //!
 //! HTTP handlers never touch the `Node`: they submit [`Command`]s through a
@@ -431,6 +434,9 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
         self.node.handle_input(self.clock.now(), input);
         while let Some(out) = self.node.poll_output() {
             match out {
+                // Replica writes/reads and forwards leave now, so the replicas'
+                // fsyncs overlap ours; everything that acknowledges waits for it.
+                Output::Send { to, msg } if msg.may_precede_durability() => self.net.send(to, &msg),
                 Output::Send { to, msg } => self.sends.push((to, msg)),
                 Output::Reply { req, result } => self.replies.push((req, result)),
                 Output::Event(e) => self.on_event(e),
