@@ -536,6 +536,15 @@ async fn serve_conn(
                     return;
                 }
             }
+            Ok((header, Payload::Messages(msgs), len)) if header.sender == from => {
+                bump(&inner.counters.frames_received, 1);
+                bump(&inner.counters.bytes_received, len as u64);
+                for msg in msgs {
+                    if tx.send(Incoming::Message { from, msg }).await.is_err() {
+                        return;
+                    }
+                }
+            }
             Ok(_) => {
                 inner.reject(
                     "handshake",
@@ -571,16 +580,23 @@ async fn writer(inner: Arc<Inner>, to: NodeId, mut rx: mpsc::Receiver<Vec<u8>>) 
                     // peer's inbound handshake reports it as well.
                     let _ = inner.incoming.try_send(Incoming::Peer(h));
                     // Write until the queue closes (transport dropped) or the socket fails.
-                    let mut batch = Vec::with_capacity(WRITE_BATCH);
+                    // Everything queued goes out in as few frames as fit.
+                    let mut queued = Vec::with_capacity(WRITE_BATCH);
+                    let mut frame = frame::Batch::default();
                     loop {
-                        if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+                        if rx.recv_many(&mut queued, WRITE_BATCH).await == 0 {
                             return;
                         }
                         let mut ok = true;
-                        for m in batch.drain(..) {
-                            if ok && conn.write(&inner, &m).await.is_err() {
-                                ok = false;
+                        for m in queued.drain(..) {
+                            if !frame.fits(&m, inner.max_frame) {
+                                ok =
+                                    ok && conn.write(&inner, &frame.take_plaintext()).await.is_ok();
                             }
+                            frame.push(m);
+                        }
+                        if !frame.is_empty() {
+                            ok = ok && conn.write(&inner, &frame.take_plaintext()).await.is_ok();
                         }
                         if !ok || conn.w.flush().await.is_err() {
                             break;
@@ -711,8 +727,8 @@ impl Transport {
             }
         };
         drop(peers);
-        let plaintext = frame::encode_payload(&PayloadRef::Message(msg));
-        if plaintext.len() + frame::MIN_FRAME > inner.max_frame {
+        let plaintext = frame::encode_message(msg);
+        if !frame::Batch::fits_alone(plaintext.len(), inner.max_frame) {
             bump(&inner.counters.dropped_too_large, 1);
             tracing::error!(peer = %to, bytes = plaintext.len(), max_frame = inner.max_frame,
                 "message too large for one frame, dropped");

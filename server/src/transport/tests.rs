@@ -107,7 +107,12 @@ async fn messages_flow_both_ways_with_authenticated_sender() {
     for i in 0..60 {
         assert_eq!(next_msg(&mut arx).await, (NodeId(1), ping(i)));
     }
-    assert!(a.stats().frames_sent >= 2 && a.stats().frames_received >= 61);
+    // Messages queued together share frames: at most one frame per message.
+    let st = a.stats();
+    assert!(
+        st.frames_sent >= 2 && (2..=61).contains(&st.frames_received),
+        "{st:?}"
+    );
     assert_eq!(a.stats().rejected.total() + b.stats().rejected.total(), 0);
     // A node's own address resolves to itself (the first node is its own seed).
     assert_eq!(
