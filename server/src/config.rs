@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// the connection is cut (slow-loris protection) [default: 10].
     #[arg(long)]
     pub client_read_timeout_secs: Option<u64>,
+    /// Threads running the node's tasks. 1 runs everything on one thread (plus a
+    /// blocking thread for fsyncs): no hand-offs between threads, the fastest
+    /// setting measured when nodes share cores (BENCHMARKS.md). More threads let
+    /// HTTP parsing and encryption use more cores of a dedicated machine [default: 1].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// The same keys as [`ServeArgs`], read from TOML. Unknown keys are an error.
@@ -120,6 +126,7 @@ struct FileConfig {
     hint_replay_ms: Option<u64>,
     dead_after_ms: Option<u64>,
     client_read_timeout_secs: Option<u64>,
+    threads: Option<usize>,
 }
 
 /// Seeds as a TOML list or one comma-separated string.
@@ -187,6 +194,8 @@ pub struct ServeConfig {
     pub max_queued_requests: usize,
     /// Per-peer send queue.
     pub peer_queue: usize,
+    /// Runtime threads (1: a current-thread runtime).
+    pub threads: usize,
 }
 
 impl ServeArgs {
@@ -307,6 +316,10 @@ impl ServeArgs {
             .unwrap_or(4096)
             .max(1);
         let peer_queue = self.peer_queue.or(file.peer_queue).unwrap_or(4096).max(1);
+        let threads = self.threads.or(file.threads).unwrap_or(1);
+        if !(1..=1024).contains(&threads) {
+            bail!("--threads must be between 1 and 1024, got {threads}");
+        }
         Ok(ServeConfig {
             id,
             peer_addr,
@@ -326,6 +339,7 @@ impl ServeArgs {
             limits,
             max_queued_requests,
             peer_queue,
+            threads,
         })
     }
 }

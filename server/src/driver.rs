@@ -37,8 +37,15 @@ pub const BATCH: usize = 256;
 pub trait DurableStorage: Storage + Send + 'static {
     /// Whether batches were applied since the last sync.
     fn pending_sync(&self) -> bool;
-    /// Makes every applied batch durable (one fsync).
-    fn sync(&mut self) -> Result<(), StorageError>;
+    /// Takes what [`DurableStorage::finish_sync`] needs committed (one fsync), as a
+    /// job to run on a blocking thread; `None` when nothing is pending. The storage
+    /// is not used between the two calls.
+    #[allow(clippy::type_complexity)]
+    fn start_sync(
+        &mut self,
+    ) -> Result<Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>, StorageError>;
+    /// Records the job's outcome; an error means stop serving.
+    fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError>;
     /// Hints held for other nodes.
     fn hint_count(&self) -> usize;
     /// Batches applied since open.
@@ -49,8 +56,15 @@ impl DurableStorage for crate::storage::RedbStorage {
     fn pending_sync(&self) -> bool {
         crate::storage::RedbStorage::pending_sync(self)
     }
-    fn sync(&mut self) -> Result<(), StorageError> {
-        crate::storage::RedbStorage::sync(self)
+    fn start_sync(
+        &mut self,
+    ) -> Result<Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>, StorageError> {
+        Ok(crate::storage::RedbStorage::start_sync(self)?.map(|job| {
+            Box::new(move || job.commit()) as Box<dyn FnOnce() -> Result<(), StorageError> + Send>
+        }))
+    }
+    fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        crate::storage::RedbStorage::finish_sync(self, result)
     }
     fn hint_count(&self) -> usize {
         crate::storage::RedbStorage::hint_count(self)
@@ -65,8 +79,13 @@ impl DurableStorage for ringlab_core::MemStorage {
     fn pending_sync(&self) -> bool {
         false
     }
-    fn sync(&mut self) -> Result<(), StorageError> {
-        Ok(())
+    fn start_sync(
+        &mut self,
+    ) -> Result<Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>, StorageError> {
+        Ok(None)
+    }
+    fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        result
     }
     fn hint_count(&self) -> usize {
         ringlab_core::MemStorage::hint_count(self)
@@ -352,7 +371,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         loop {
-            self.finish_batch()?;
+            self.finish_batch().await?;
             let deadline = match self.node.poll_timeout() {
                 Some(t) => self.clock.instant(t),
                 None => Instant::now() + Duration::from_secs(3600),
@@ -445,18 +464,20 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
     }
 
     /// Group commit, then release the buffered outputs, then publish state.
-    fn finish_batch(&mut self) -> anyhow::Result<()> {
+    async fn finish_batch(&mut self) -> anyhow::Result<()> {
         let storage = self.node.storage_mut();
         if storage.pending_sync() {
             let commits = storage.commits();
-            // The fsync blocks: on a multi-threaded runtime let the other tasks
-            // (HTTP, transport) move off this worker meanwhile.
-            let synced = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                    tokio::task::block_in_place(|| storage.sync())
-                }
-                _ => storage.sync(),
+            // The fsync blocks: it runs on a blocking thread while this task waits
+            // and the node's other tasks (HTTP, transport) go on.
+            let result = match storage.start_sync() {
+                Ok(Some(job)) => tokio::task::spawn_blocking(job)
+                    .await
+                    .unwrap_or_else(|e| Err(StorageError(format!("sync task failed: {e}")))),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
             };
+            let synced = self.node.storage_mut().finish_sync(result);
             if let Err(e) = synced {
                 tracing::error!(error = %e, "storage sync failed: stopping (no unsynced write is acknowledged)");
                 return Err(anyhow::anyhow!("storage sync failed: {e}"));

@@ -51,7 +51,27 @@ fn main() -> ExitCode {
         print!("{}", ringlab_server::transport::KeyRing::generate_file());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // `serve` resolves its configuration first: it chooses the runtime.
+    let mut serve_cfg = None;
+    if let Cmd::Serve(args) = &cli.cmd {
+        match args.clone().resolve() {
+            Ok(cfg) => serve_cfg = Some(cfg),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut builder = match serve_cfg.as_ref().map(|c| c.threads) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")
@@ -64,9 +84,9 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<ExitCode> = runtime.block_on(async move {
         match cli.cmd {
-            Cmd::Serve(args) => {
+            Cmd::Serve(_) => {
                 init_logging();
-                let cfg = args.resolve()?;
+                let cfg = serve_cfg.context("configuration resolved above")?;
                 serve::run(cfg).await?;
                 Ok(ExitCode::SUCCESS)
             }

@@ -247,19 +247,38 @@ impl RedbStorage {
     /// (and always once poisoned) the process must stop serving: the pending
     /// batches' outputs may never be released.
     pub fn sync(&mut self) -> Result<(), StorageError> {
-        self.check_poisoned()?;
-        let Some(txn) = self.txn.take() else {
-            return Ok(());
-        };
-        if let Err(e) = txn.commit() {
-            // Whether the commit reached the disk is unknown: trust nothing more.
-            let e = storage_err("sync commit", e);
-            self.poison(&e);
-            return Err(e);
+        match self.start_sync()? {
+            None => Ok(()),
+            Some(job) => {
+                let r = job.commit();
+                self.finish_sync(r)
+            }
         }
-        self.synced_counters = None;
-        self.syncs += 1;
-        Ok(())
+    }
+
+    /// The first half of [`RedbStorage::sync`], for committing on another thread:
+    /// takes the open transaction out. Until [`RedbStorage::finish_sync`] the storage
+    /// must not be used (reads would not see the batches being committed).
+    pub fn start_sync(&mut self) -> Result<Option<SyncJob>, StorageError> {
+        self.check_poisoned()?;
+        Ok(self.txn.take().map(SyncJob))
+    }
+
+    /// The second half of [`RedbStorage::sync`]: records the commit's outcome (an
+    /// error poisons the storage and is returned).
+    pub fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        match result {
+            Ok(()) => {
+                self.synced_counters = None;
+                self.syncs += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // Whether the commit reached the disk is unknown: trust nothing more.
+                self.poison(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Whether batches were applied since the last [`RedbStorage::sync`] (an open
@@ -535,6 +554,18 @@ impl Drop for RedbStorage {
                 tracing::warn!(file = %self.path.display(), "aborting unsynced batches on close failed: {e}");
             }
         }
+    }
+}
+
+/// A group commit taken out of [`RedbStorage`] to run off the async thread: the fsync
+/// blocks for a fraction of a millisecond, and the node's other tasks (sending the
+/// replica writes that overlap it, reading new requests) keep running meanwhile.
+pub struct SyncJob(redb::WriteTransaction);
+
+impl SyncJob {
+    /// Commits (`Immediate`: one fsync).
+    pub fn commit(self) -> Result<(), StorageError> {
+        self.0.commit().map_err(|e| storage_err("sync commit", e))
     }
 }
 
