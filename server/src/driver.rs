@@ -154,6 +154,31 @@ pub enum NetInput {
     },
 }
 
+/// One input taken from the queues for the current batch.
+enum Queued {
+    Net(NetInput),
+    Cmd(Command),
+}
+
+impl Queued {
+    /// An ack or read reply from a replica, or a forwarded request's answer.
+    fn is_answer(&self) -> bool {
+        use ringlab_core::quorum::Msg;
+        matches!(
+            self,
+            Queued::Net(NetInput::Message {
+                msg: Message::Replica(
+                    Msg::StoreAck { .. }
+                        | Msg::FetchReply { .. }
+                        | Msg::ForwardReply { .. }
+                        | Msg::ForwardAccepted { .. }
+                ),
+                ..
+            })
+        )
+    }
+}
+
 /// The answer to a client command.
 pub type ClientResult = Result<ClientReply, RequestError>;
 
@@ -376,39 +401,49 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
                 Some(t) => self.clock.instant(t),
                 None => Instant::now() + Duration::from_secs(3600),
             };
+            let mut queue: Vec<Queued> = Vec::new();
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return Ok(()),
                 m = self.net_rx.recv(), if self.net_open => match m {
-                    Some(m) => self.on_net(m.into()),
+                    Some(m) => queue.push(Queued::Net(m.into())),
                     None => self.net_open = false,
                 },
                 c = self.cmd_rx.recv(), if self.cmd_open => match c {
-                    Some(c) => self.on_command(c),
+                    Some(c) => queue.push(Queued::Cmd(c)),
                     None => self.cmd_open = false,
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.input(Input::Timeout),
             }
-            // Handle whatever else is queued before one group commit.
-            let mut handled = 1;
-            while handled < BATCH {
+            // Take whatever else is queued, for one group commit.
+            while queue.len() < BATCH {
                 let mut any = false;
                 if self.net_open {
                     if let Ok(m) = self.net_rx.try_recv() {
-                        self.on_net(m.into());
-                        handled += 1;
+                        queue.push(Queued::Net(m.into()));
                         any = true;
                     }
                 }
                 if self.cmd_open {
                     if let Ok(c) = self.cmd_rx.try_recv() {
-                        self.on_command(c);
-                        handled += 1;
+                        queue.push(Queued::Cmd(c));
                         any = true;
                     }
                 }
                 if !any {
                     break;
+                }
+            }
+            // Acks and replies first: they change no storage, so the client replies
+            // they complete leave at once (see `input`) instead of waiting for this
+            // batch's fsync. Inputs from different peers and clients have no order
+            // between them to keep.
+            let (first, rest): (Vec<Queued>, Vec<Queued>) =
+                queue.into_iter().partition(Queued::is_answer);
+            for q in first.into_iter().chain(rest) {
+                match q {
+                    Queued::Net(m) => self.on_net(m),
+                    Queued::Cmd(c) => self.on_command(c),
                 }
             }
             if self
@@ -448,9 +483,18 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
         }
     }
 
-    /// Handles one input and drains its outputs into the release buffers.
+    /// Handles one input and drains its outputs into the release buffers. While
+    /// nothing unsynced exists (no batch applied since the last fsync), no output can
+    /// depend on unsynced state, so the buffers are released at once.
     fn input(&mut self, input: Input) {
         self.node.handle_input(self.clock.now(), input);
+        self.drain_outputs();
+        if !self.node.storage().pending_sync() {
+            self.release();
+        }
+    }
+
+    fn drain_outputs(&mut self) {
         while let Some(out) = self.node.poll_output() {
             match out {
                 // Replica writes/reads and forwards leave now, so the replicas'
@@ -486,6 +530,13 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
                 .group_commit(commits.saturating_sub(self.commits_at_sync));
             self.commits_at_sync = commits;
         }
+        self.release();
+        self.publish();
+        Ok(())
+    }
+
+    /// Sends the buffered messages and replies.
+    fn release(&mut self) {
         for (to, msg) in self.sends.drain(..) {
             self.net.send(to, &msg);
         }
@@ -495,8 +546,6 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
                 let _ = tx.send(result);
             }
         }
-        self.publish();
-        Ok(())
     }
 
     /// Updates the address book, the `/cluster` snapshot and the gauges.
@@ -737,6 +786,160 @@ mod tests {
         assert_eq!(view.nodes.len(), 1);
         assert_eq!(view.nodes[0].http_addr, "127.0.0.1:2");
         assert_eq!(view.nodes[0].status, "up");
+        stop_tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    /// MemStorage whose group commit blocks until the test opens the gate.
+    struct Gated {
+        inner: MemStorage,
+        pending: bool,
+        gate: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl Storage for Gated {
+        fn object(&self, key: &[u8]) -> Option<ringlab_core::Object> {
+            self.inner.object(key)
+        }
+        fn objects_after(
+            &self,
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> Vec<(bytes::Bytes, ringlab_core::Object)> {
+            self.inner.objects_after(after, limit)
+        }
+        fn object_count(&self) -> usize {
+            self.inner.object_count()
+        }
+        fn hint(&self, owner: NodeId, key: &[u8]) -> Option<ringlab_core::store::Hint> {
+            self.inner.hint(owner, key)
+        }
+        fn hint_owners(&self) -> Vec<NodeId> {
+            self.inner.hint_owners()
+        }
+        fn hints_for(
+            &self,
+            owner: NodeId,
+            limit: usize,
+        ) -> Vec<(bytes::Bytes, ringlab_core::store::Hint)> {
+            self.inner.hints_for(owner, limit)
+        }
+        fn hint_usage(&self, owner: NodeId) -> (usize, usize) {
+            self.inner.hint_usage(owner)
+        }
+        fn meta(&self, name: &str) -> Option<Vec<u8>> {
+            self.inner.meta(name)
+        }
+        fn apply(&mut self, batch: ringlab_core::store::Batch) -> Result<(), StorageError> {
+            self.pending = true;
+            self.inner.apply(batch)
+        }
+    }
+
+    impl DurableStorage for Gated {
+        fn pending_sync(&self) -> bool {
+            self.pending
+        }
+        fn start_sync(
+            &mut self,
+        ) -> Result<Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>, StorageError>
+        {
+            let gate = self.gate.clone();
+            Ok(Some(Box::new(move || {
+                let _ = gate.lock().unwrap().recv();
+                Ok(())
+            })))
+        }
+        fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+            self.pending = false;
+            result
+        }
+        fn hint_count(&self) -> usize {
+            0
+        }
+        fn commits(&self) -> u64 {
+            self.inner.commits
+        }
+    }
+
+    /// The release rules around a group commit: a coordinator's replica writes leave
+    /// while its own fsync is still running; the client's acknowledgement waits for it.
+    #[tokio::test]
+    async fn replica_writes_leave_before_the_fsync_replies_only_after() {
+        let (a, b, c) = (NodeId(0), NodeId(1), NodeId(2));
+        let config = Config::default(); // N=3, W=2
+        let clock = Clock::new();
+        let members: Vec<(NodeId, String)> = [a, b, c].iter().map(|&n| (n, "z1".into())).collect();
+        let ring = Ring::new(8, 3, &members).unwrap();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let storage = Gated {
+            inner: MemStorage::new(),
+            pending: false,
+            gate: Arc::new(Mutex::new(gate_rx)),
+        };
+        let node = Node::new(a, config, Some(ring), storage, 7, clock.now());
+        let (_net_tx, net_rx) = mpsc::channel::<NetInput>(8);
+        let sink = Recorder::default();
+        let (driver, handle) = Driver::new(
+            node,
+            sink.clone(),
+            net_rx,
+            clock,
+            Arc::new(Metrics::new()),
+            8,
+        );
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(driver.run(async {
+            let _ = stop_rx.await;
+        }));
+        // Start-up state (generation) is pending: let that first sync through.
+        gate_tx.send(()).unwrap();
+        let stores = |sink: &Recorder| -> Vec<(NodeId, Option<ringlab_core::ReqId>)> {
+            sink.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|(to, m)| match m {
+                    Message::Replica(ringlab_core::quorum::Msg::Store { id, .. }) => {
+                        Some((*to, *id))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // W=1: the local write alone completes the request, in the same input.
+        let mut reply = handle
+            .submit(ClientOp::Put {
+                key: "k".into(),
+                value: "v".into(),
+                context: None,
+                w: Some(1),
+            })
+            .unwrap();
+        // The replica writes go out although the local fsync has not completed...
+        let mut sent = Vec::new();
+        for _ in 0..200 {
+            sent = stores(&sink);
+            if sent.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(sent.len(), 2, "replica writes held back by the fsync");
+        assert!(sent.iter().all(|(_, id)| id.is_some()));
+        // ...but the client's acknowledgement does not.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            reply.try_recv().is_err(),
+            "acknowledged before the write was durable"
+        );
+        gate_tx.send(()).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), &mut reply)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, Ok(ClientReply::Written { .. })), "{got:?}");
+        drop(gate_tx); // later syncs pass (recv fails at once)
         stop_tx.send(()).unwrap();
         task.await.unwrap().unwrap();
     }

@@ -2,6 +2,11 @@
 //! `status`), make a cluster key (`keygen`), start a local 5-node cluster
 //! (`demo`), or load-test (`bench`).
 
+/// Every message, request and reply allocates; mimalloc is faster at this pattern
+/// than glibc malloc (BENCHMARKS.md, "What moved the figures").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ringlab_server::{bench, client, config::ServeArgs, demo, serve};
