@@ -75,6 +75,23 @@ pub struct Config {
     pub seeds: Vec<crate::id::NodeId>,
     /// A node also syncs with a seed every this many rounds when its random peer was not one.
     pub seed_gossip_every: u64,
+    /// Which replicas a coordinator asks on a read (per node; need not agree).
+    pub read_fanout: ReadFanout,
+}
+
+/// How many replicas a read asks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadFanout {
+    /// All N targets, answering after R (Dynamo, Riak): read repair reaches every
+    /// replica on every read.
+    #[default]
+    All,
+    /// R targets — the coordinator itself first when it is one — and the others
+    /// only if an asked one has not answered within `replica_timeout` (Voldemort's
+    /// preferred reads, Cassandra). At N=3, R=2 a read costs one replica round trip
+    /// instead of two; read repair then covers the replicas asked, and anti-entropy
+    /// the rest.
+    Quorum,
 }
 
 impl Default for Config {
@@ -111,6 +128,7 @@ impl Default for Config {
             rumor_rounds: 3,
             seeds: Vec::new(),
             seed_gossip_every: 3,
+            read_fanout: ReadFanout::All,
         }
     }
 }

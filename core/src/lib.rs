@@ -69,7 +69,7 @@ pub mod store;
 pub mod time;
 pub mod version;
 
-pub use config::Config;
+pub use config::{Config, ReadFanout};
 pub use id::{ClientReq, NodeId, ReqId};
 pub use message::{
     Admin, ClientOp, ClientReply, Event, Input, Message, MessageKind, Output, RequestError,

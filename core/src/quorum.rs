@@ -30,6 +30,7 @@
 //! tombstone. Any later write keeps the key. A purge also raises the node's epoch
 //! floor (see `version.rs`).
 
+use crate::config::ReadFanout;
 use crate::id::{ClientReq, NodeId, ReqId};
 use crate::message::{ClientOp, ClientReply, Event, Message, Output, RequestError};
 use crate::node::{Node, Timer};
@@ -121,6 +122,8 @@ pub(crate) struct Target {
     pub answered: bool,
     /// Replaced by a stand-in after a timeout.
     pub replaced: bool,
+    /// Sent the request (a `ReadFanout::Quorum` read asks only R at first).
+    pub asked: bool,
 }
 
 pub(crate) enum Phase {
@@ -207,6 +210,7 @@ impl<S: Storage> Node<S> {
                     hint: None,
                     answered: false,
                     replaced: false,
+                    asked: true,
                 });
             } else {
                 missing.push_back(node);
@@ -224,6 +228,7 @@ impl<S: Storage> Node<S> {
                         hint,
                         answered: false,
                         replaced: false,
+                        asked: true,
                     });
                 }
             }
@@ -481,8 +486,16 @@ impl<S: Storage> Node<S> {
             op: "get".into(),
             targets: targets.iter().map(|t| (t.node, t.hint)).collect(),
         });
+        if self.config.read_fanout == ReadFanout::Quorum {
+            // Ask R: ourselves first when we are a target, then in preference order.
+            let mut order: Vec<usize> = (0..targets.len()).collect();
+            order.sort_by_key(|&i| targets[i].node != self.id);
+            for (rank, &i) in order.iter().enumerate() {
+                targets[i].asked = rank < need;
+            }
+        }
         let mut replies = Vec::with_capacity(targets.len());
-        for t in targets.iter_mut() {
+        for t in targets.iter_mut().filter(|t| t.asked) {
             if t.node == self.id {
                 t.answered = true;
                 replies.push((t.node, t.hint, self.local_copy(&key, t.hint)));
@@ -626,7 +639,10 @@ impl<S: Storage> Node<S> {
         let Some(c) = self.coords.get(&id) else {
             return;
         };
-        if c.targets.iter().all(|t| t.answered || t.replaced) {
+        if c.targets
+            .iter()
+            .all(|t| t.answered || t.replaced || !t.asked)
+        {
             self.complete(id);
         }
     }
@@ -702,6 +718,38 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// A `ReadFanout::Quorum` read still short of R after `replica_timeout`: asks
+    /// the targets it has not asked yet.
+    fn ask_the_rest(&mut self, id: ReqId) {
+        let Some(c) = self.coords.get_mut(&id) else {
+            return;
+        };
+        if c.replied || c.answered() >= c.need {
+            return;
+        }
+        let key = c.key.clone();
+        let mut fetch = Vec::new();
+        for t in c.targets.iter_mut().filter(|t| !t.asked) {
+            t.asked = true;
+            fetch.push(t.node);
+        }
+        if fetch.is_empty() {
+            return;
+        }
+        let check = self.now + self.config.replica_timeout;
+        c.check = check;
+        for node in fetch {
+            self.send(
+                node,
+                Message::Replica(Msg::Fetch {
+                    id,
+                    key: key.clone(),
+                }),
+            );
+        }
+        self.set_timer(check, Timer::ReplicaCheck(id));
+    }
+
     pub(crate) fn replica_check(&mut self, id: ReqId) {
         let Some(c) = self.coords.get(&id) else {
             return;
@@ -710,7 +758,7 @@ impl<S: Storage> Node<S> {
             .targets
             .iter()
             .enumerate()
-            .filter(|(_, t)| !t.answered && !t.replaced)
+            .filter(|(_, t)| t.asked && !t.answered && !t.replaced)
             .map(|(i, t)| (i, t.node, t.hint))
             .collect();
         let is_write = matches!(c.phase, Phase::Write { .. });
@@ -721,7 +769,13 @@ impl<S: Storage> Node<S> {
                 self.on_reachability(change);
             }
         }
-        if !is_write || self.now >= deadline {
+        if !is_write {
+            if self.now < deadline {
+                self.ask_the_rest(id);
+            }
+            return;
+        }
+        if self.now >= deadline {
             return;
         }
         // Recruit a stand-in for each silent target, so the write still lands on N nodes.
@@ -762,6 +816,7 @@ impl<S: Storage> Node<S> {
                 hint,
                 answered: false,
                 replaced: false,
+                asked: true,
             });
             if stand_in == self.id {
                 local = Some((c.targets.len() - 1, hint));
@@ -1384,5 +1439,100 @@ mod tests {
         let values: Vec<Bytes> = b.siblings().filter_map(|(_, v)| v.cloned()).collect();
         assert!(values.iter().any(|v| v == &b"after restart"[..]));
         assert!(values.iter().any(|v| v == &b"lost"[..]));
+    }
+
+    fn get(key: &Bytes) -> Input {
+        Input::Client {
+            req: ClientReq(9),
+            op: ClientOp::Get {
+                key: key.clone(),
+                r: None,
+            },
+        }
+    }
+
+    fn fetches(out: &[Output]) -> Vec<(NodeId, ReqId)> {
+        sends(out)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Msg::Fetch { id, .. } => Some((to, *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `ReadFanout::Quorum`: a primary asks itself and one more replica; the read
+    /// completes on that answer and the third replica is never asked.
+    #[test]
+    fn quorum_fanout_asks_r_replicas() {
+        let config = Config {
+            read_fanout: ReadFanout::Quorum,
+            ..Config::default()
+        };
+        let mut a = node(A, 3, config);
+        let key = key_for(&a, &[A, B, C]);
+        a.handle_input(Time(0), get(&key));
+        let out = drain(&mut a);
+        let f = fetches(&out);
+        assert_eq!(f.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![B]);
+        assert!(reply(&out).is_none());
+        a.handle_input(
+            Time(1),
+            Input::Message {
+                from: B,
+                msg: Message::Replica(Msg::FetchReply {
+                    id: f[0].1,
+                    object: Object::new(),
+                }),
+            },
+        );
+        let out = drain(&mut a);
+        assert!(matches!(reply(&out), Some(Ok(ClientReply::Read { .. }))));
+        assert!(a.coords.is_empty(), "complete without the unasked replica");
+        // Nothing more is sent later.
+        a.handle_input(Time(0) + a.config.replica_timeout, Input::Timeout);
+        assert!(fetches(&drain(&mut a)).is_empty());
+        // The default asks every target.
+        let mut a = node(A, 3, Config::default());
+        a.handle_input(Time(0), get(&key));
+        let f = fetches(&drain(&mut a));
+        assert_eq!(f.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![B, C]);
+    }
+
+    /// A `ReadFanout::Quorum` read whose asked replica is silent asks the rest after
+    /// `replica_timeout` and still succeeds.
+    #[test]
+    fn quorum_fanout_asks_the_rest_when_one_is_silent() {
+        let config = Config {
+            read_fanout: ReadFanout::Quorum,
+            ..Config::default()
+        };
+        let mut a = node(A, 3, config);
+        let key = key_for(&a, &[A, B, C]);
+        a.handle_input(Time(0), get(&key));
+        let f = fetches(&drain(&mut a));
+        assert_eq!(f.len(), 1);
+        let t = Time(0) + a.config.replica_timeout;
+        a.handle_input(t, Input::Timeout);
+        let out = drain(&mut a);
+        let f2 = fetches(&out);
+        assert_eq!(f2, vec![(C, f[0].1)], "the unasked replica, same request");
+        a.handle_input(
+            t + Dur(1),
+            Input::Message {
+                from: C,
+                msg: Message::Replica(Msg::FetchReply {
+                    id: f[0].1,
+                    object: Object::new(),
+                }),
+            },
+        );
+        let out = drain(&mut a);
+        match reply(&out) {
+            Some(Ok(ClientReply::Read { answered_by, .. })) => {
+                assert_eq!(answered_by, &vec![A, C]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -33,8 +33,14 @@ fn pick(rng: &mut ChaCha8Rng, n: u64) -> u64 {
 }
 
 pub fn run_seed(seed: u64) -> Result<(), String> {
+    run_seed_with(seed, ringlab_core::ReadFanout::All)
+}
+
+/// [`run_seed`] with reads asking `fanout` replicas.
+pub fn run_seed_with(seed: u64, fanout: ringlab_core::ReadFanout) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17);
     let mut cfg = SimConfig::new(seed, NODES as usize, 3);
+    cfg.config.read_fanout = fanout;
     cfg.net = NetConfig {
         latency_min: Dur(1),
         latency_max: Dur(12),
@@ -267,4 +273,33 @@ fn acknowledged_writes_survive_random_faults() {
         seeds.len()
     );
     eprintln!("{} seeds passed", seeds.len());
+}
+
+/// The same workload and faults with `ReadFanout::Quorum` reads (a quarter of the
+/// seeds): reads that ask only R replicas still see every acknowledged write.
+#[test]
+fn acknowledged_writes_survive_random_faults_with_quorum_reads() {
+    let seeds: Vec<u64> = match std::env::var("RINGLAB_SEED") {
+        Ok(s) => vec![s.parse().expect("RINGLAB_SEED is a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("RINGLAB_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            (1..=n.div_ceil(4)).collect()
+        }
+    };
+    let mut failed = Vec::new();
+    for &seed in &seeds {
+        if let Err(e) = run_seed_with(seed, ringlab_core::ReadFanout::Quorum) {
+            eprintln!("seed {seed} FAILED (quorum reads): {e}\n  replay: RINGLAB_SEED={seed} cargo test -p ringlab-core --test random_faults quorum_reads");
+            failed.push(seed);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} seeds failed: {failed:?}",
+        failed.len(),
+        seeds.len()
+    );
 }

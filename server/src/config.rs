@@ -96,6 +96,21 @@ pub struct ServeArgs {
     /// HTTP parsing and encryption use more cores of a dedicated machine [default: 1].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Replicas a read asks: `all` N (Dynamo: read repair reaches every replica on
+    /// every read) or `quorum` R, asking the rest only if one is silent for
+    /// --replica-timeout-ms (half the replica traffic at N=3, R=2) [default: all].
+    #[arg(long, value_enum)]
+    pub read_fanout: Option<Fanout>,
+}
+
+/// `--read-fanout` values.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Fanout {
+    /// Ask all N replicas.
+    All,
+    /// Ask R replicas first.
+    Quorum,
 }
 
 /// The same keys as [`ServeArgs`], read from TOML. Unknown keys are an error.
@@ -127,6 +142,7 @@ struct FileConfig {
     dead_after_ms: Option<u64>,
     client_read_timeout_secs: Option<u64>,
     threads: Option<usize>,
+    read_fanout: Option<Fanout>,
 }
 
 /// Seeds as a TOML list or one comma-separated string.
@@ -276,6 +292,10 @@ impl ServeArgs {
                 d.hint_replay_interval,
             ),
             dead_after: ms(self.dead_after_ms, file.dead_after_ms, d.dead_after),
+            read_fanout: match self.read_fanout.or(file.read_fanout) {
+                Some(Fanout::Quorum) => ringlab_core::ReadFanout::Quorum,
+                Some(Fanout::All) | None => ringlab_core::ReadFanout::All,
+            },
             ..d
         };
         core.validate()
