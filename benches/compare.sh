@@ -4,6 +4,7 @@
 #   benches/compare.sh                 # full matrix, 10 s per cell
 #   DURATION=3s CLIENTS="1 16" benches/compare.sh
 #   SKIP_BUILD=1 benches/compare.sh  # use the existing target/release/ringlab
+#   RUNS=3 benches/compare.sh        # the whole matrix 3 times; the table shows per-cell medians
 #
 # Starts, on 127.0.0.1 with free ports and a temp dir:
 #   - ringlab: 3 nodes (N=3, W=2, R=2, fsync on: every ack is after a group commit), zones z1..z3;
@@ -21,6 +22,7 @@ MIXES=${MIXES:-"0 1 0.5"}
 KEYS=${KEYS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-100}
 TARGETS=${TARGETS:-"ringlab redis etcd"}
+RUNS=${RUNS:-1}
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -115,6 +117,7 @@ ETCD_NODES=$(IFS=,; echo "${ETCD_URLS[*]}")
 # ---- the matrix ---------------------------------------------------------------------
 RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
+for run in $(seq "$RUNS"); do
 for mix in $MIXES; do
   for c in $CLIENTS; do
     for t in $TARGETS; do
@@ -123,7 +126,7 @@ for mix in $MIXES; do
         redis) nodes=redis://127.0.0.1:$REDIS_PORT; extra=() ;;
         etcd) nodes=$ETCD_NODES; extra=() ;;
       esac
-      echo "bench $t reads=$mix clients=$c ..." >&2
+      echo "run $run/$RUNS: bench $t reads=$mix clients=$c ..." >&2
       "$BIN" bench --target "$t" --node "$nodes" --concurrency "$c" --reads "$mix" \
         --keys "$KEYS" --value-size "$VALUE_SIZE" --duration "$DURATION" --warmup "$WARMUP" \
         "${extra[@]}" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS" \
@@ -131,25 +134,43 @@ for mix in $MIXES; do
     done
   done
 done
+done
 
 echo
-echo "Loopback, $(nproc) cores, $(date -u +%Y-%m-%d), ${DURATION} per cell after ${WARMUP} warm-up, $KEYS keys, ${VALUE_SIZE} B values."
+echo "Loopback, $(nproc) cores, $(date -u +%Y-%m-%d), ${DURATION} per cell after ${WARMUP} warm-up, $KEYS keys, ${VALUE_SIZE} B values, median of $RUNS run(s) per cell."
 echo "ringlab: 3 nodes N=3 R=2 W=2 (fsync per group commit); redis: 1 node, no persistence; etcd $(etcd --version | head -1 | awk '{print $3}'): 3 members."
 echo
 python3 - "$RESULTS" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+import statistics
+raw = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# Per cell: the run with the median ops/s (its latencies go with it), and the range.
+cells = {}
+for r in raw:
+    cells.setdefault((r["reads_fraction"], r["concurrency"], r["target"]), []).append(r)
+rows = []
+for key in sorted(cells, key=lambda k: (["0", "1"].index(str(k[0])) if str(k[0]) in ("0", "1") else 2, k[1], ["ringlab", "redis", "etcd"].index(k[2]) if k[2] in ("ringlab", "redis", "etcd") else 3)):
+    ok = [r for r in cells[key] if not r.get("failed")]
+    if not ok:
+        rows.append(cells[key][0])
+        continue
+    ok.sort(key=lambda r: r["ops_per_s"])
+    med = dict(ok[(len(ok) - 1) // 2])
+    med["range"] = (ok[0]["ops_per_s"], ok[-1]["ops_per_s"])
+    med["runs"] = len(ok)
+    rows.append(med)
 def mix(r):
     f = r["reads_fraction"]
     return {0: "100% writes", 1: "100% reads"}.get(f, f"{int(f*100)}/{int(100-f*100)} r/w")
-print("| load | clients | store | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |")
-print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+print("| load | clients | store | ops/s (median) | range of runs | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
 for r in rows:
     if r.get("failed"):
-        print(f"| {mix(r)} | {r['concurrency']} | {r['target']} | failed | | | | | |")
+        print(f"| {mix(r)} | {r['concurrency']} | {r['target']} | failed | | | | | | |")
         continue
     errs = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
-    print(f"| {mix(r)} | {r['concurrency']} | {r['target']} | {r['ops_per_s']:.0f} | "
+    lo, hi = r["range"]
+    print(f"| {mix(r)} | {r['concurrency']} | {r['target']} | {r['ops_per_s']:.0f} | {lo:.0f}–{hi:.0f} | "
           f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {errs} |")
 # Targets: writes >= 2x etcd with p99 no worse; reads >= 0.3x redis.
 by = {(r["target"], r["reads_fraction"], r["concurrency"]): r for r in rows if not r.get("failed")}
