@@ -149,7 +149,8 @@ cells = {}
 for r in raw:
     cells.setdefault((r["reads_fraction"], r["concurrency"], r["target"]), []).append(r)
 rows = []
-for key in sorted(cells, key=lambda k: (["0", "1"].index(str(k[0])) if str(k[0]) in ("0", "1") else 2, k[1], ["ringlab", "redis", "etcd"].index(k[2]) if k[2] in ("ringlab", "redis", "etcd") else 3)):
+order = {"ringlab": 0, "redis": 1, "etcd": 2}
+for key in sorted(cells, key=lambda k: ({0.0: 0, 1.0: 1}.get(float(k[0]), 2), k[1], order.get(k[2], 3))):
     ok = [r for r in cells[key] if not r.get("failed")]
     if not ok:
         rows.append(cells[key][0])
