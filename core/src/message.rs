@@ -115,6 +115,21 @@ impl Message {
         )
     }
 
+    /// Whether this answers a request this node made: a replica's ack or read
+    /// reply, or a forwarded request's acceptance or answer. Handling one changes no
+    /// storage of its own, so a host batching inputs can take these first.
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            Message::Replica(
+                quorum::Msg::StoreAck { .. }
+                    | quorum::Msg::FetchReply { .. }
+                    | quorum::Msg::ForwardReply { .. }
+                    | quorum::Msg::ForwardAccepted { .. }
+            )
+        )
+    }
+
     /// A short name of the message kind, for traces, colours and counters.
     pub fn kind(&self) -> MessageKind {
         match self {

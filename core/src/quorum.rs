@@ -1385,6 +1385,17 @@ mod tests {
         );
     }
 
+    /// The object of the first replica write in `out`.
+    fn stored_object(out: &[Output]) -> Object {
+        sends(out)
+            .into_iter()
+            .find_map(|(_, m)| match m {
+                Msg::Store { object, .. } => Some(object.clone()),
+                _ => None,
+            })
+            .expect("replica write")
+    }
+
     /// The early-release contract: a coordinator's replica write may leave before
     /// its own batch is durable. If the node then crashes and restarts from the
     /// state *before* that batch, its next write must not reuse the lost dot.
@@ -1398,13 +1409,7 @@ mod tests {
         let durable = a.storage().clone();
         a.handle_input(Time(1), put(&key, "lost"));
         let out = drain(&mut a);
-        let lost = sends(&out)
-            .into_iter()
-            .find_map(|(_, m)| match m {
-                Msg::Store { object, .. } => Some(object.clone()),
-                _ => None,
-            })
-            .expect("replica write");
+        let lost = stored_object(&out);
         assert!(out.iter().any(|o| matches!(
             o,
             Output::Send { msg, .. } if msg.may_precede_durability()
@@ -1416,13 +1421,7 @@ mod tests {
         drain(&mut a2);
         a2.handle_input(Time(3), put(&key, "after restart"));
         let out = drain(&mut a2);
-        let fresh = sends(&out)
-            .into_iter()
-            .find_map(|(_, m)| match m {
-                Msg::Store { object, .. } => Some(object.clone()),
-                _ => None,
-            })
-            .expect("replica write");
+        let fresh = stored_object(&out);
         let lost_dots: Vec<Dot> = lost.siblings().map(|(d, _)| *d).collect();
         let mut checked = 0;
         for (d, v) in fresh.siblings() {
@@ -1451,6 +1450,17 @@ mod tests {
         }
     }
 
+    /// `from`'s read reply to request `id`: it holds nothing for the key.
+    fn empty_reply(from: NodeId, id: ReqId) -> Input {
+        Input::Message {
+            from,
+            msg: Message::Replica(Msg::FetchReply {
+                id,
+                object: Object::new(),
+            }),
+        }
+    }
+
     fn fetches(out: &[Output]) -> Vec<(NodeId, ReqId)> {
         sends(out)
             .into_iter()
@@ -1476,16 +1486,7 @@ mod tests {
         let f = fetches(&out);
         assert_eq!(f.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![B]);
         assert!(reply(&out).is_none());
-        a.handle_input(
-            Time(1),
-            Input::Message {
-                from: B,
-                msg: Message::Replica(Msg::FetchReply {
-                    id: f[0].1,
-                    object: Object::new(),
-                }),
-            },
-        );
+        a.handle_input(Time(1), empty_reply(B, f[0].1));
         let out = drain(&mut a);
         assert!(matches!(reply(&out), Some(Ok(ClientReply::Read { .. }))));
         assert!(a.coords.is_empty(), "complete without the unasked replica");
@@ -1517,16 +1518,7 @@ mod tests {
         let out = drain(&mut a);
         let f2 = fetches(&out);
         assert_eq!(f2, vec![(C, f[0].1)], "the unasked replica, same request");
-        a.handle_input(
-            t + Dur(1),
-            Input::Message {
-                from: C,
-                msg: Message::Replica(Msg::FetchReply {
-                    id: f[0].1,
-                    object: Object::new(),
-                }),
-            },
-        );
+        a.handle_input(t + Dur(1), empty_reply(C, f[0].1));
         let out = drain(&mut a);
         match reply(&out) {
             Some(Ok(ClientReply::Read { answered_by, .. })) => {

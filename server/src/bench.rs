@@ -202,12 +202,7 @@ impl Conn {
                 path,
                 ..
             } => {
-                path.clear();
-                path.push_str("/kv/");
-                path.push_str(key);
-                if let Some(w) = w {
-                    path.push_str(&format!("?w={w}"));
-                }
+                kv_path(path, key, "w", *w);
                 let ctx = contexts.get(&key_no);
                 let mut headers = Vec::with_capacity(1);
                 if let Some(ctx) = ctx {
@@ -269,12 +264,7 @@ impl Conn {
                 path,
                 ..
             } => {
-                path.clear();
-                path.push_str("/kv/");
-                path.push_str(key);
-                if let Some(r) = r {
-                    path.push_str(&format!("?r={r}"));
-                }
+                kv_path(path, key, "r", *r);
                 match client.request("GET", path, &[], &[]).await {
                     Ok(resp) if matches!(resp.status, 200 | 300) => {
                         if let Some(ctx) = resp.context {
@@ -407,6 +397,17 @@ fn first_word(s: &str) -> String {
 fn b64(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Writes `/kv/{key}` and, when set, `?{param}={value}` into the reused `path`.
+fn kv_path(path: &mut String, key: &str, param: &str, value: Option<usize>) {
+    use std::fmt::Write as _;
+    path.clear();
+    path.push_str("/kv/");
+    path.push_str(key);
+    if let Some(v) = value {
+        let _ = write!(path, "?{param}={v}");
+    }
 }
 
 /// `"<status> <error kind>"`, the kind taken from Ringlab's JSON error body when present.

@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// A group commit to run on a blocking thread.
+pub type SyncFn = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
+
 /// Inputs handled before one group commit, at most.
 pub const BATCH: usize = 256;
 
@@ -40,10 +43,7 @@ pub trait DurableStorage: Storage + Send + 'static {
     /// Takes what [`DurableStorage::finish_sync`] needs committed (one fsync), as a
     /// job to run on a blocking thread; `None` when nothing is pending. The storage
     /// is not used between the two calls.
-    #[allow(clippy::type_complexity)]
-    fn start_sync(
-        &mut self,
-    ) -> Result<Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>, StorageError>;
+    fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError>;
     /// Records the job's outcome; an error means stop serving.
     fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError>;
     /// Hints held for other nodes.
@@ -56,12 +56,9 @@ impl DurableStorage for crate::storage::RedbStorage {
     fn pending_sync(&self) -> bool {
         crate::storage::RedbStorage::pending_sync(self)
     }
-    fn start_sync(
-        &mut self,
-    ) -> Result<Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>, StorageError> {
-        Ok(crate::storage::RedbStorage::start_sync(self)?.map(|job| {
-            Box::new(move || job.commit()) as Box<dyn FnOnce() -> Result<(), StorageError> + Send>
-        }))
+    fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError> {
+        Ok(crate::storage::RedbStorage::start_sync(self)?
+            .map(|job| Box::new(move || job.commit()) as SyncFn))
     }
     fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
         crate::storage::RedbStorage::finish_sync(self, result)
@@ -79,9 +76,7 @@ impl DurableStorage for ringlab_core::MemStorage {
     fn pending_sync(&self) -> bool {
         false
     }
-    fn start_sync(
-        &mut self,
-    ) -> Result<Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>, StorageError> {
+    fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError> {
         Ok(None)
     }
     fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
@@ -161,21 +156,8 @@ enum Queued {
 }
 
 impl Queued {
-    /// An ack or read reply from a replica, or a forwarded request's answer.
     fn is_answer(&self) -> bool {
-        use ringlab_core::quorum::Msg;
-        matches!(
-            self,
-            Queued::Net(NetInput::Message {
-                msg: Message::Replica(
-                    Msg::StoreAck { .. }
-                        | Msg::FetchReply { .. }
-                        | Msg::ForwardReply { .. }
-                        | Msg::ForwardAccepted { .. }
-                ),
-                ..
-            })
-        )
+        matches!(self, Queued::Net(NetInput::Message { msg, .. }) if msg.is_answer())
     }
 }
 
@@ -840,10 +822,7 @@ mod tests {
         fn pending_sync(&self) -> bool {
             self.pending
         }
-        fn start_sync(
-            &mut self,
-        ) -> Result<Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>, StorageError>
-        {
+        fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError> {
             let gate = self.gate.clone();
             Ok(Some(Box::new(move || {
                 let _ = gate.lock().unwrap().recv();

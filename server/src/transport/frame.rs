@@ -134,9 +134,9 @@ pub(crate) enum PayloadRef<'a> {
         message: &'a str,
     },
     // Writers send `Batch`es; these two spell the message encodings out for tests.
-    #[allow(dead_code)]
+    #[cfg(test)]
     Message(&'a Message),
-    #[allow(dead_code)]
+    #[cfg(test)]
     Messages(&'a [Message]),
 }
 
