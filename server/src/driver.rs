@@ -50,6 +50,10 @@ pub trait DurableStorage: Storage + Send + 'static {
     fn hint_count(&self) -> usize;
     /// Batches applied since open.
     fn commits(&self) -> u64;
+    /// A clean shutdown: leave the storage so the next open has nothing to replay.
+    fn close(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 impl DurableStorage for crate::storage::RedbStorage {
@@ -68,6 +72,9 @@ impl DurableStorage for crate::storage::RedbStorage {
     }
     fn commits(&self) -> u64 {
         crate::storage::RedbStorage::commits(self)
+    }
+    fn close(&mut self) -> Result<(), StorageError> {
+        self.checkpoint()
     }
 }
 
@@ -386,7 +393,12 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             let mut queue: Vec<Queued> = Vec::new();
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    if let Err(e) = self.node.storage_mut().close() {
+                        tracing::warn!(error = %e, "checkpoint at shutdown failed (the next start replays the log)");
+                    }
+                    return Ok(());
+                }
                 m = self.net_rx.recv(), if self.net_open => match m {
                     Some(m) => queue.push(Queued::Net(m.into())),
                     None => self.net_open = false,

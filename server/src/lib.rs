@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod serve;
 pub mod storage;
 pub mod transport;
+pub mod wal;

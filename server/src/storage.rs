@@ -2,23 +2,28 @@
 //!
 //! Invariant: **nothing that depends on a batch leaves the process before
 //! [`RedbStorage::sync`] made it durable.** One redb write transaction stays open
-//! between syncs: [`Storage::apply`] writes its batch into it (opening one if none is
-//! open), reads go through it so they see the unsynced batches, and the driver,
-//! after a bounded group of inputs, calls [`RedbStorage::sync`] once, which commits
-//! it with `Durability::Immediate` (one fsync for every batch since the last sync);
-//! only then are the buffered sends and replies released. So W acks mean W fsynced
-//! disks, and concurrent writes share one fsync (and one commit).
+//! across syncs: [`Storage::apply`] writes its batch into it (opening one if none is
+//! open), so reads, which go through it, see every batch; and it adds the batch's
+//! operations to the group being collected for the write-ahead log ([`crate::wal`]).
+//! The driver, after a bounded group of inputs, calls [`RedbStorage::sync`] once,
+//! which appends the group as one log record and `fdatasync`s it (one small
+//! sequential write, however many batches); only then are the buffered sends and
+//! replies released. So W acks mean W fsynced disks, and concurrent writes share
+//! one fsync. Every [`CHECKPOINT_BATCHES`] batches, or when the log is full, the
+//! sync *checkpoints* instead: it commits the open transaction with
+//! `Durability::Immediate`, recording the last log sequence number it covers, and
+//! the log starts over. Opening replays the records after the checkpoint's.
 //!
-//! A batch is all-or-nothing: if any op of a batch fails, the open transaction (this
-//! batch and every unsynced one before it) is aborted and the storage is *poisoned*:
-//! that `apply` and every later `apply`/`sync` fail, and [`RedbStorage::pending_sync`]
-//! stays true so the driver calls `sync`, sees the error and stops without releasing
-//! anything unsynced. A restart then finds the last synced state on disk. Dropping
-//! the storage with an open transaction aborts it (nothing in it was acknowledged).
+//! A batch is all-or-nothing: if any op of a batch fails, the open transaction is
+//! aborted and the storage is *poisoned*: that `apply` and every later
+//! `apply`/`sync` fail, and [`RedbStorage::pending_sync`] stays true so the driver
+//! calls `sync`, sees the error and stops without releasing anything unsynced. A
+//! restart then finds the last synced state (checkpoint plus log). Dropping the
+//! storage aborts the open transaction; the synced part of it is in the log.
 //!
 //! Tables: `objects` (key → postcard([`Object`])), `hints` (owner as 4 bytes
 //! big-endian ++ key → postcard([`Hint`]), so one owner's hints are a contiguous
-//! range in key order), `meta` (name → bytes). The object count and the per-owner
+//! range in key order), `meta` (name → bytes), `wal` (the checkpoint's LSN). The object count and the per-owner
 //! hint (count, value bytes) are loaded at open and kept in memory, so the hot paths
 //! (`object_count`, `hint_usage`, `hint_owners`) never scan.
 //!
@@ -26,6 +31,7 @@
 //! after an unclean shutdown): a corrupt or truncated file is an error naming the
 //! file, never a panic and never silently half-read data.
 
+use crate::wal::{self, EncOp, Wal};
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use ringlab_core::store::{Batch, Hint, Op, StorageError};
@@ -42,17 +48,32 @@ pub const DB_FILE: &str = "ringlab.redb";
 const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 const HINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hints");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const WAL_STATE: TableDefinition<&str, u64> = TableDefinition::new("wal");
+/// The `wal` table's entry: the last log sequence number the committed state covers.
+const CHECKPOINT_LSN: &str = "checkpoint_lsn";
+
+/// Batches between checkpoints at most. Bounds the open transaction's dirty pages
+/// and the log replayed at start; a checkpoint commits what those batches touched.
+pub const CHECKPOINT_BATCHES: u64 = 20_000;
 
 /// Per owner: (hint count, hint value bytes). Owners with no hints are absent.
 type HintUsage = BTreeMap<NodeId, (usize, usize)>;
 
 /// [`Storage`] on a redb database file, with deferred durability and explicit group sync.
 pub struct RedbStorage {
-    /// The write transaction holding every batch applied since the last sync (None
-    /// when nothing is pending). Declared before `db`: it must not outlive it.
+    /// The write transaction holding every batch applied since the last checkpoint
+    /// (None right after one). Declared before `db`: it must not outlive it.
     txn: Option<redb::WriteTransaction>,
     db: Database,
     path: PathBuf,
+    wal: Wal,
+    /// Batches applied since the last sync (the group the next sync makes durable).
+    group: u64,
+    /// Batches applied since the last checkpoint.
+    since_checkpoint: u64,
+    /// What the job taken by `start_sync` does, until `finish_sync`.
+    in_flight: Option<Flight>,
+    checkpoints: u64,
     objects: usize,
     hints: HintUsage,
     /// `objects` and `hints` as of the last commit, restored when the open
@@ -70,7 +91,8 @@ impl std::fmt::Debug for RedbStorage {
             .field("path", &self.path)
             .field("objects", &self.objects)
             .field("hints", &self.hints)
-            .field("pending", &self.txn.is_some())
+            .field("pending", &self.group)
+            .field("wal", &self.wal)
             .field("poisoned", &self.poisoned)
             .finish()
     }
@@ -134,6 +156,11 @@ impl RedbStorage {
     /// Errors (with the file's path in the message) when the file is corrupt,
     /// truncated, empty, locked by another process, or not a redb database.
     pub fn open(dir: &Path) -> anyhow::Result<RedbStorage> {
+        Self::open_with(dir, wal::DEFAULT_CAPACITY)
+    }
+
+    /// [`RedbStorage::open`] with a write-ahead log of `wal_capacity` bytes.
+    pub fn open_with(dir: &Path, wal_capacity: u64) -> anyhow::Result<RedbStorage> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
         let path = dir.join(DB_FILE);
@@ -176,10 +203,16 @@ impl RedbStorage {
                 path.display()
             ),
         };
+        let (wal, log) = Wal::open(dir, wal_capacity).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut s = RedbStorage {
             txn: None,
             db,
             path,
+            wal,
+            group: 0,
+            since_checkpoint: 0,
+            in_flight: None,
+            checkpoints: 0,
             objects: 0,
             hints: BTreeMap::new(),
             synced_counters: None,
@@ -193,7 +226,54 @@ impl RedbStorage {
                 s.path.display()
             )
         })?;
+        s.recover(&log).map_err(|e| {
+            anyhow::anyhow!(
+                "write-ahead log {} cannot be replayed: {e}; {advice}",
+                s.wal.path().display()
+            )
+        })?;
         Ok(s)
+    }
+
+    /// Replays the log records after the checkpoint and checkpoints them, so the
+    /// log starts empty.
+    fn recover(&mut self, log: &[u8]) -> Result<(), StorageError> {
+        let checkpoint = {
+            let txn = self.db.begin_read().map_err(|e| storage_err("begin", e))?;
+            let t = txn
+                .open_table(WAL_STATE)
+                .map_err(|e| storage_err("wal state", e))?;
+            t.get(CHECKPOINT_LSN)
+                .map_err(|e| storage_err("wal state", e))?
+                .map_or(0, |v| v.value())
+        };
+        let (records, _end) = wal::scan(log, checkpoint).map_err(StorageError)?;
+        let Some(&(last, _)) = records.last() else {
+            self.wal.recovered(checkpoint);
+            return Ok(());
+        };
+        let mut txn = self.db.begin_write().map_err(|e| storage_err("begin", e))?;
+        txn.set_durability(Durability::Immediate);
+        for (lsn, payload) in &records {
+            let ops = wal::decode_payload(payload, |v| {
+                postcard::from_bytes::<Hint>(v)
+                    .map(|h| h.object.value_bytes())
+                    .map_err(|e| format!("hint does not decode: {e}"))
+            })
+            .map_err(|e| StorageError(format!("record {lsn}: {e}")))?;
+            let mut objects = 0isize;
+            let mut hints = BTreeMap::new();
+            Self::apply_ops(&txn, &ops, &mut objects, &mut hints)?;
+            self.count(objects, hints);
+        }
+        txn.open_table(WAL_STATE)
+            .map_err(|e| storage_err("wal state", e))?
+            .insert(CHECKPOINT_LSN, last)
+            .map_err(|e| storage_err("wal state", e))?;
+        txn.commit().map_err(|e| storage_err("commit", e))?;
+        tracing::info!(file = %self.wal.path().display(), records = records.len(), last, "write-ahead log replayed");
+        self.wal.recovered(last);
+        Ok(())
     }
 
     /// Creates the tables (durably) and loads the counters, decoding every hint and
@@ -207,6 +287,8 @@ impl RedbStorage {
                 .map_err(|e| storage_err("objects", e))?;
             let hints = txn.open_table(HINTS).map_err(|e| storage_err("hints", e))?;
             txn.open_table(META).map_err(|e| storage_err("meta", e))?;
+            txn.open_table(WAL_STATE)
+                .map_err(|e| storage_err("wal state", e))?;
             let mut count = 0;
             for item in objects.iter().map_err(|e| storage_err("objects", e))? {
                 let (k, v) = item.map_err(|e| storage_err("objects", e))?;
@@ -256,12 +338,63 @@ impl RedbStorage {
         }
     }
 
-    /// The first half of [`RedbStorage::sync`], for committing on another thread:
-    /// takes the open transaction out. Until [`RedbStorage::finish_sync`] the storage
-    /// must not be used (reads would not see the batches being committed).
+    /// The first half of [`RedbStorage::sync`], for running the fsync on another
+    /// thread: takes the group as a log write, or (every [`CHECKPOINT_BATCHES`]
+    /// batches, or when the log is full) the open transaction as a checkpoint.
+    /// Until [`RedbStorage::finish_sync`] the storage must not be used.
     pub fn start_sync(&mut self) -> Result<Option<SyncJob>, StorageError> {
         self.check_poisoned()?;
-        Ok(self.txn.take().map(SyncJob))
+        if self.group == 0 {
+            return Ok(None);
+        }
+        if self.since_checkpoint < CHECKPOINT_BATCHES && self.wal.group_fits() {
+            let write = self.wal.take_write();
+            self.in_flight = Some(Flight::Log(write.len()));
+            return Ok(Some(SyncJob(Job::Log(write))));
+        }
+        let txn = self.take_checkpoint()?;
+        self.wal.discard_group();
+        self.in_flight = Some(Flight::Checkpoint);
+        Ok(Some(SyncJob(Job::Checkpoint(Box::new(txn)))))
+    }
+
+    /// Takes the open transaction out with the checkpoint's LSN written into it.
+    fn take_checkpoint(&mut self) -> Result<redb::WriteTransaction, StorageError> {
+        let lsn = self.wal.checkpoint_lsn();
+        let Some(txn) = self.txn.take() else {
+            return Err(StorageError(
+                "a group is pending without a transaction".into(),
+            ));
+        };
+        let marked = match txn.open_table(WAL_STATE) {
+            Ok(mut t) => t
+                .insert(CHECKPOINT_LSN, lsn)
+                .map(|_| ())
+                .map_err(|e| storage_err("wal state", e)),
+            Err(e) => Err(storage_err("wal state", e)),
+        };
+        if let Err(e) = marked {
+            self.txn = Some(txn);
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(txn)
+    }
+
+    /// Commits everything applied into redb itself (one fsync) and starts the log
+    /// over, so the next open replays nothing. A clean shutdown calls it.
+    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        if self.txn.is_none() {
+            return Ok(());
+        }
+        let txn = self.take_checkpoint()?;
+        self.wal.discard_group();
+        self.in_flight = Some(Flight::Checkpoint);
+        let r = txn
+            .commit()
+            .map_err(|e| storage_err("checkpoint commit", e));
+        self.finish_sync(r)
     }
 
     /// The second half of [`RedbStorage::sync`]: records the commit's outcome (an
@@ -269,6 +402,16 @@ impl RedbStorage {
     pub fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
         match result {
             Ok(()) => {
+                match self.in_flight.take() {
+                    Some(Flight::Log(len)) => self.wal.written(len),
+                    Some(Flight::Checkpoint) => {
+                        self.wal.checkpointed();
+                        self.since_checkpoint = 0;
+                        self.checkpoints += 1;
+                    }
+                    None => {}
+                }
+                self.group = 0;
                 self.synced_counters = None;
                 self.syncs += 1;
                 Ok(())
@@ -285,7 +428,7 @@ impl RedbStorage {
     /// transaction holds writes), or the storage is poisoned: either way the driver
     /// must call `sync` before releasing anything.
     pub fn pending_sync(&self) -> bool {
-        self.txn.is_some() || self.poisoned.is_some()
+        self.group > 0 || self.poisoned.is_some()
     }
 
     fn check_poisoned(&self) -> Result<(), StorageError> {
@@ -297,8 +440,9 @@ impl RedbStorage {
         }
     }
 
-    /// Aborts the open transaction (every unsynced batch), restores the counters
-    /// to the last commit's, and refuses every later `apply`/`sync`.
+    /// Aborts the open transaction, drops the unsynced group, restores the counters
+    /// to the last sync's, and refuses every later `apply`/`sync`. Reads then see the
+    /// last checkpoint; a restart replays the log on top of it (the last sync).
     fn poison(&mut self, e: &StorageError) {
         tracing::error!(file = %self.path.display(), "storage poisoned, unsynced batches dropped: {e}");
         if let Some(txn) = self.txn.take() {
@@ -306,6 +450,7 @@ impl RedbStorage {
                 tracing::error!(file = %self.path.display(), "aborting the open transaction failed: {e}");
             }
         }
+        self.wal.discard_group();
         if let Some((objects, hints)) = self.synced_counters.take() {
             self.objects = objects;
             self.hints = hints;
@@ -328,9 +473,51 @@ impl RedbStorage {
         self.commits
     }
 
-    /// Syncs (fsyncing commits) since open.
+    /// Syncs (log writes and checkpoints) since open.
     pub fn syncs(&self) -> u64 {
         self.syncs
+    }
+
+    /// Checkpoints (redb commits) since open.
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints
+    }
+
+    /// Applies signed counter changes.
+    fn count(&mut self, objects: isize, hints: BTreeMap<NodeId, (isize, isize)>) {
+        self.objects = self.objects.saturating_add_signed(objects);
+        for (owner, (n, b)) in hints {
+            let e = self.hints.entry(owner).or_default();
+            e.0 = e.0.saturating_add_signed(n);
+            e.1 = e.1.saturating_add_signed(b);
+            if e.0 == 0 {
+                self.hints.remove(&owner);
+            }
+        }
+    }
+
+    /// Encodes a batch's values once, for both the tables and the log.
+    fn encode(ops: Vec<Op>) -> Result<Vec<EncOp>, StorageError> {
+        let enc = |v: Result<Vec<u8>, postcard::Error>| v.map_err(|e| storage_err("encode", e));
+        ops.into_iter()
+            .map(|op| {
+                Ok(match op {
+                    Op::PutObject { key, object } => EncOp::PutObject {
+                        key,
+                        value: enc(postcard::to_allocvec(&object))?,
+                    },
+                    Op::DeleteObject { key } => EncOp::DeleteObject { key },
+                    Op::PutHint { owner, key, hint } => EncOp::PutHint {
+                        owner,
+                        key,
+                        value_bytes: hint.object.value_bytes(),
+                        value: enc(postcard::to_allocvec(&hint))?,
+                    },
+                    Op::DeleteHint { owner, key } => EncOp::DeleteHint { owner, key },
+                    Op::PutMeta { name, value } => EncOp::PutMeta { name, value },
+                })
+            })
+            .collect()
     }
 
     /// Logs (and hides) a read's storage error: the `Storage` trait's reads cannot
@@ -358,7 +545,7 @@ impl RedbStorage {
 
     fn apply_ops(
         txn: &redb::WriteTransaction,
-        ops: Vec<Op>,
+        ops: &[EncOp],
         objects: &mut isize,
         hints: &mut BTreeMap<NodeId, (isize, isize)>,
     ) -> Result<(), StorageError> {
@@ -367,18 +554,22 @@ impl RedbStorage {
             .map_err(|e| storage_err("objects", e))?;
         let mut hint_t = txn.open_table(HINTS).map_err(|e| storage_err("hints", e))?;
         let mut meta_t = txn.open_table(META).map_err(|e| storage_err("meta", e))?;
+        let old_hint_bytes = |v: &[u8]| {
+            postcard::from_bytes::<Hint>(v)
+                .map(|h| h.object.value_bytes() as isize)
+                .map_err(|e| storage_err("stored hint does not decode", e))
+        };
         for op in ops {
             match op {
-                Op::PutObject { key, object } => {
-                    let v = postcard::to_allocvec(&object).map_err(|e| storage_err("encode", e))?;
+                EncOp::PutObject { key, value } => {
                     let old = obj_t
-                        .insert(&key[..], &v[..])
+                        .insert(&key[..], &value[..])
                         .map_err(|e| storage_err("put object", e))?;
                     if old.is_none() {
                         *objects += 1;
                     }
                 }
-                Op::DeleteObject { key } => {
+                EncOp::DeleteObject { key } => {
                     let old = obj_t
                         .remove(&key[..])
                         .map_err(|e| storage_err("delete object", e))?;
@@ -386,35 +577,34 @@ impl RedbStorage {
                         *objects -= 1;
                     }
                 }
-                Op::PutHint { owner, key, hint } => {
-                    let v = postcard::to_allocvec(&hint).map_err(|e| storage_err("encode", e))?;
-                    let d = hints.entry(owner).or_default();
-                    d.1 += hint.object.value_bytes() as isize;
+                EncOp::PutHint {
+                    owner,
+                    key,
+                    value,
+                    value_bytes,
+                } => {
+                    let d = hints.entry(*owner).or_default();
+                    d.1 += *value_bytes as isize;
                     let old = hint_t
-                        .insert(&hint_key(owner, &key)[..], &v[..])
+                        .insert(&hint_key(*owner, key)[..], &value[..])
                         .map_err(|e| storage_err("put hint", e))?;
                     match old {
                         None => d.0 += 1,
-                        Some(old) => {
-                            let old: Hint = postcard::from_bytes(old.value())
-                                .map_err(|e| storage_err("stored hint does not decode", e))?;
-                            d.1 -= old.object.value_bytes() as isize;
-                        }
+                        Some(old) => d.1 -= old_hint_bytes(old.value())?,
                     }
                 }
-                Op::DeleteHint { owner, key } => {
+                EncOp::DeleteHint { owner, key } => {
                     let old = hint_t
-                        .remove(&hint_key(owner, &key)[..])
+                        .remove(&hint_key(*owner, key)[..])
                         .map_err(|e| storage_err("delete hint", e))?;
                     if let Some(old) = old {
-                        let old: Hint = postcard::from_bytes(old.value())
-                            .map_err(|e| storage_err("stored hint does not decode", e))?;
-                        let d = hints.entry(owner).or_default();
+                        let bytes = old_hint_bytes(old.value())?;
+                        let d = hints.entry(*owner).or_default();
                         d.0 -= 1;
-                        d.1 -= old.object.value_bytes() as isize;
+                        d.1 -= bytes;
                     }
                 }
-                Op::PutMeta { name, value } => {
+                EncOp::PutMeta { name, value } => {
                     meta_t
                         .insert(name.as_str(), &value[..])
                         .map_err(|e| storage_err("put meta", e))?;
@@ -522,25 +712,31 @@ impl Storage for RedbStorage {
             };
             txn.set_durability(Durability::Immediate);
             self.txn = Some(txn);
+        }
+        if self.synced_counters.is_none() {
             self.synced_counters = Some((self.objects, self.hints.clone()));
         }
+        let ops = match Self::encode(batch.ops) {
+            Ok(ops) => ops,
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        };
         let txn = self.txn.as_ref().expect("opened above");
         let mut objects = 0isize;
         let mut hints = BTreeMap::new();
-        if let Err(e) = Self::apply_ops(txn, batch.ops, &mut objects, &mut hints) {
+        if let Err(e) = Self::apply_ops(txn, &ops, &mut objects, &mut hints) {
             // Part of the batch may be in the transaction: abort all of it.
             self.poison(&e);
             return Err(e);
         }
-        self.objects = self.objects.saturating_add_signed(objects);
-        for (owner, (n, b)) in hints {
-            let e = self.hints.entry(owner).or_default();
-            e.0 = e.0.saturating_add_signed(n);
-            e.1 = e.1.saturating_add_signed(b);
-            if e.0 == 0 {
-                self.hints.remove(&owner);
-            }
+        self.count(objects, hints);
+        for op in &ops {
+            self.wal.push(op);
         }
+        self.group += 1;
+        self.since_checkpoint += 1;
         self.commits += 1;
         Ok(())
     }
@@ -557,15 +753,34 @@ impl Drop for RedbStorage {
     }
 }
 
+/// What a taken sync job does.
+enum Flight {
+    /// Appends a log record of this many bytes.
+    Log(usize),
+    /// Commits the open transaction.
+    Checkpoint,
+}
+
+enum Job {
+    Log(wal::WalWrite),
+    Checkpoint(Box<redb::WriteTransaction>),
+}
+
 /// A group commit taken out of [`RedbStorage`] to run off the async thread: the fsync
 /// blocks for a fraction of a millisecond, and the node's other tasks (sending the
 /// replica writes that overlap it, reading new requests) keep running meanwhile.
-pub struct SyncJob(redb::WriteTransaction);
+pub struct SyncJob(Job);
 
 impl SyncJob {
-    /// Commits (`Immediate`: one fsync).
+    /// Makes the group durable: appends its log record and `fdatasync`s it, or
+    /// commits the checkpoint (`Immediate`: one fsync).
     pub fn commit(self) -> Result<(), StorageError> {
-        self.0.commit().map_err(|e| storage_err("sync commit", e))
+        match self.0 {
+            Job::Log(w) => w.run(),
+            Job::Checkpoint(txn) => txn
+                .commit()
+                .map_err(|e| storage_err("checkpoint commit", e)),
+        }
     }
 }
 
@@ -587,6 +802,13 @@ mod tests {
             Some(Bytes::copy_from_slice(v.as_bytes())),
         );
         o
+    }
+
+    /// Test logs are small, so opens are quick and checkpoints come often.
+    const TEST_WAL: u64 = 64 << 10;
+
+    fn open(dir: &Path) -> anyhow::Result<RedbStorage> {
+        RedbStorage::open_with(dir, TEST_WAL)
     }
 
     fn b(s: &str) -> Bytes {
@@ -618,7 +840,7 @@ mod tests {
     #[test]
     fn every_op_round_trips_and_counters_follow() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = RedbStorage::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         assert!(!s.pending_sync());
         apply(
             &mut s,
@@ -691,7 +913,7 @@ mod tests {
     #[test]
     fn objects_after_pages_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = RedbStorage::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         apply(
             &mut s,
             ["d", "a", "c", "b"].iter().map(|k| put(k, k)).collect(),
@@ -713,7 +935,7 @@ mod tests {
     #[test]
     fn sync_is_a_noop_without_pending_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = RedbStorage::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         s.sync().unwrap();
         assert_eq!(s.syncs(), 0);
         s.apply(Batch::default()).unwrap();
@@ -730,7 +952,7 @@ mod tests {
     fn reopen_after_sync_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = RedbStorage::open(dir.path()).unwrap();
+            let mut s = open(dir.path()).unwrap();
             apply(&mut s, vec![put("a", "1"), hint(2, "k", "hv")]);
             apply(
                 &mut s,
@@ -741,18 +963,18 @@ mod tests {
             );
             s.sync().unwrap();
         }
-        let s = RedbStorage::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(s.object(b"a"), Some(obj("1")));
         assert_eq!(s.object_count(), 1);
         assert_eq!(s.hint_usage(NodeId(2)), (1, 2));
         assert_eq!(s.meta("m"), Some(vec![9]));
         // A second open of the same file while it is in use is refused clearly.
-        let err = RedbStorage::open(dir.path()).unwrap_err().to_string();
+        let err = open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("already open"), "{err}");
     }
 
     fn filled(dir: &Path) -> PathBuf {
-        let mut s = RedbStorage::open(dir).unwrap();
+        let mut s = open(dir).unwrap();
         for i in 0..200 {
             apply(
                 &mut s,
@@ -775,7 +997,7 @@ mod tests {
             let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             f.set_len((len as f64 * keep) as u64).unwrap();
             drop(f);
-            let err = RedbStorage::open(dir.path())
+            let err = open(dir.path())
                 .expect_err("a truncated file must not open")
                 .to_string();
             assert!(err.contains(&path.display().to_string()), "{err}");
@@ -797,7 +1019,7 @@ mod tests {
             data[i] ^= 0xa5;
         }
         std::fs::write(&path, &data).unwrap();
-        let err = RedbStorage::open(dir.path())
+        let err = open(dir.path())
             .expect_err("a garbled file must not open")
             .to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
@@ -805,7 +1027,7 @@ mod tests {
         // Garbage from the first byte: not a redb file at all.
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 10_000]).unwrap();
-        let err = RedbStorage::open(dir.path()).unwrap_err().to_string();
+        let err = open(dir.path()).unwrap_err().to_string();
         assert!(err.contains(DB_FILE), "{err}");
     }
 
@@ -816,12 +1038,12 @@ mod tests {
         // `unsynced_batches_are_read_before_sync_and_gone_after_reopen`).
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = RedbStorage::open(dir.path()).unwrap();
+            let mut s = open(dir.path()).unwrap();
             apply(&mut s, vec![put("a", "1")]);
             s.sync().unwrap();
             apply(&mut s, vec![put("b", "1")]);
         }
-        let s = RedbStorage::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(s.object(b"a"), Some(obj("1")));
     }
 
@@ -829,7 +1051,7 @@ mod tests {
     fn unsynced_batches_are_read_before_sync_and_gone_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = RedbStorage::open(dir.path()).unwrap();
+            let mut s = open(dir.path()).unwrap();
             apply(&mut s, vec![put("a", "1"), hint(2, "k", "hv")]);
             s.sync().unwrap();
             assert!(!s.pending_sync());
@@ -865,7 +1087,7 @@ mod tests {
             assert_eq!(s.syncs(), 1);
             // Dropped without sync: the open transaction is aborted.
         }
-        let mut s = RedbStorage::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         assert_eq!(s.object(b"a"), Some(obj("1")));
         assert_eq!(s.object(b"b"), None);
         assert_eq!(s.object(b"c"), None);
@@ -878,7 +1100,7 @@ mod tests {
         apply(&mut s, vec![put("d", "4")]);
         s.sync().unwrap();
         drop(s);
-        let s = RedbStorage::open(dir.path()).unwrap();
+        let s = open(dir.path()).unwrap();
         assert_eq!(s.object(b"d"), Some(obj("4")));
         assert_eq!(s.object_count(), 2);
     }
@@ -886,10 +1108,12 @@ mod tests {
     #[test]
     fn a_failed_batch_poisons_the_storage() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = RedbStorage::open(dir.path()).unwrap();
+        let mut s = open(dir.path()).unwrap();
         apply(&mut s, vec![put("a", "1"), hint(1, "h", "x")]);
         s.sync().unwrap();
-        // Plant a hint that does not decode (bypassing `apply`), so deleting it fails.
+        // Plant a hint that does not decode (bypassing `apply`, so after a
+        // checkpoint: redb has one writer at a time), so deleting it fails.
+        s.checkpoint().unwrap();
         {
             let txn = s.db.begin_write().unwrap();
             txn.open_table(HINTS)
@@ -930,7 +1154,11 @@ mod tests {
             .is_err());
         assert!(s.sync().is_err());
         assert_eq!(s.object(b"d"), None);
-        assert_eq!(s.syncs(), 1);
+        assert_eq!(s.syncs(), 2);
+        // The planted record is found again at the next open, as a clear error.
+        drop(s);
+        let err = open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("does not decode"), "{err}");
     }
 
     /// Child half of `crash_after_sync_keeps_synced_batches`: writes, syncs, writes
@@ -941,16 +1169,19 @@ mod tests {
         let Some(dir) = std::env::var_os("RINGLAB_CRASH_DIR") else {
             return;
         };
-        let mut s = RedbStorage::open(Path::new(&dir)).unwrap();
-        for i in 0..100 {
+        let mut s = open(Path::new(&dir)).unwrap();
+        // Big enough values that the log fills and checkpoints several times.
+        let v = "v".repeat(200);
+        for i in 0..300 {
             apply(
                 &mut s,
-                vec![
-                    put(&format!("k{i:03}"), "v"),
-                    hint(1, &format!("h{i}"), "x"),
-                ],
+                vec![put(&format!("k{i:03}"), &v), hint(1, &format!("h{i}"), "x")],
             );
+            if i % 10 == 9 {
+                s.sync().unwrap();
+            }
         }
+        assert!(s.checkpoints() >= 2, "{}", s.checkpoints());
         s.sync().unwrap();
         apply(&mut s, vec![put("unsynced", "v")]);
         std::process::abort();
@@ -972,16 +1203,87 @@ mod tests {
             .status()
             .unwrap();
         assert!(!status.success(), "the child must die abruptly");
-        let s = RedbStorage::open(dir.path()).expect("recovers after a crash");
-        for i in 0..100 {
+        let s = open(dir.path()).expect("recovers after a crash");
+        let v = "v".repeat(200);
+        for i in 0..300 {
             assert_eq!(
                 s.object(format!("k{i:03}").as_bytes()),
-                Some(obj("v")),
+                Some(obj(&v)),
                 "k{i:03}"
             );
         }
-        assert_eq!(s.hint_usage(NodeId(1)), (100, 100));
-        assert!(s.object_count() == 100 || s.object_count() == 101);
+        assert_eq!(s.hint_usage(NodeId(1)), (300, 300));
+        assert_eq!(s.object(b"unsynced"), None);
+        assert_eq!(s.object_count(), 300);
+    }
+
+    /// Applies and syncs `n` one-put batches named `prefix{i}`.
+    fn synced_puts(s: &mut RedbStorage, prefix: &str, n: usize) {
+        for i in 0..n {
+            apply(s, vec![put(&format!("{prefix}{i}"), "v")]);
+            s.sync().unwrap();
+        }
+    }
+
+    #[test]
+    fn the_log_checkpoints_when_full_and_reopens_with_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RedbStorage::open_with(dir.path(), 4096).unwrap();
+            synced_puts(&mut s, "k", 200);
+            assert!(s.checkpoints() >= 2, "{}", s.checkpoints());
+            assert_eq!(s.syncs(), 200);
+            // Left with records after the last checkpoint, closed without one.
+            assert!(s.wal.used() > 0);
+        }
+        let s = RedbStorage::open_with(dir.path(), 4096).unwrap();
+        for i in 0..200 {
+            assert_eq!(s.object(format!("k{i}").as_bytes()), Some(obj("v")), "k{i}");
+        }
+        assert_eq!(s.object_count(), 200);
+        assert_eq!(s.wal.used(), 0, "replayed and checkpointed at open");
+    }
+
+    #[test]
+    fn a_torn_last_record_loses_only_that_group() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path()).unwrap();
+            synced_puts(&mut s, "k", 5);
+            assert_eq!(s.checkpoints(), 0, "5 small groups fit in the log");
+        }
+        let path = dir.path().join(wal::WAL_FILE);
+        let data = std::fs::read(&path).unwrap();
+        let (recs, used) = wal::scan(&data, 0).unwrap();
+        assert_eq!(recs.len(), 5);
+        // Tear the last record: zero its second half, as if the crash cut the write.
+        let last_len = wal::HEADER + recs[4].1.len();
+        let mut torn = data.clone();
+        for b in &mut torn[used - last_len / 2..used] {
+            *b = 0;
+        }
+        std::fs::write(&path, &torn).unwrap();
+        let s = open(dir.path()).unwrap();
+        for i in 0..4 {
+            assert_eq!(s.object(format!("k{i}").as_bytes()), Some(obj("v")), "k{i}");
+        }
+        assert_eq!(s.object(b"k4"), None);
+        drop(s);
+        // Damage in the middle with acknowledged records after it: a clear error.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path()).unwrap();
+            synced_puts(&mut s, "k", 5);
+        }
+        let path = dir.path().join(wal::WAL_FILE);
+        let mut data = std::fs::read(&path).unwrap();
+        data[wal::HEADER + 3] ^= 0x40;
+        std::fs::write(&path, &data).unwrap();
+        let err = open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(wal::WAL_FILE) && err.contains("damaged"),
+            "{err}"
+        );
     }
 
     fn arb_op() -> impl Strategy<Value = Op> {
@@ -1034,10 +1336,10 @@ mod tests {
         #[test]
         fn matches_mem_storage(
             batches in prop::collection::vec(
-                (prop::collection::vec(arb_op(), 0..8), 0u8..5), 1..12)
+                (prop::collection::vec(arb_op(), 0..8), 0u8..6), 1..12)
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let mut r = RedbStorage::open(dir.path()).unwrap();
+            let mut r = open(dir.path()).unwrap();
             let mut m = MemStorage::new();
             let mut m_synced = m.clone();
             for (ops, action) in batches {
@@ -1052,12 +1354,16 @@ mod tests {
                         r.sync().unwrap();
                         m_synced = m.clone();
                         drop(r);
-                        r = RedbStorage::open(dir.path()).unwrap();
+                        r = open(dir.path()).unwrap();
+                    }
+                    3 => {
+                        r.checkpoint().unwrap();
+                        m_synced = m.clone();
                     }
                     2 => {
                         // Closed without sync: back to the last synced state.
                         drop(r);
-                        r = RedbStorage::open(dir.path()).unwrap();
+                        r = open(dir.path()).unwrap();
                         m = m_synced.clone();
                     }
                     _ => {}
@@ -1074,7 +1380,7 @@ mod tests {
     fn apply_rate() {
         for per_sync in [1usize, 64] {
             let dir = tempfile::tempdir().unwrap();
-            let mut s = RedbStorage::open(dir.path()).unwrap();
+            let mut s = open(dir.path()).unwrap();
             let n = if per_sync == 1 { 500 } else { 20_000 };
             let start = std::time::Instant::now();
             for i in 0..n {
