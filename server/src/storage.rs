@@ -36,7 +36,8 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use ringlab_core::store::{Batch, Hint, Op, StorageError};
 use ringlab_core::{NodeId, Object, Storage};
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +57,82 @@ const CHECKPOINT_LSN: &str = "checkpoint_lsn";
 /// and the log replayed at start; a checkpoint commits what those batches touched.
 pub const CHECKPOINT_BATCHES: u64 = 20_000;
 
+/// Bytes of decoded objects the read cache keeps at most (values plus an estimate
+/// of their overhead).
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// Decoded objects by key (`None`: known absent), written through by every applied
+/// batch. Why: a read through redb's open write transaction opens the table, walks
+/// the B-tree, copies the value out and decodes it; every read of a quorum does
+/// that on two or three nodes. When full, arbitrary entries go (a `HashMap`'s
+/// order) until a quarter is free: bounded, and simpler than an LRU for a cache
+/// that mostly holds the whole working set.
+#[derive(Debug)]
+struct ObjectCache {
+    map: HashMap<Bytes, Option<Object>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl ObjectCache {
+    fn new(budget: usize) -> Self {
+        ObjectCache {
+            map: HashMap::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    fn cost(key: &[u8], o: &Option<Object>) -> usize {
+        96 + key.len()
+            + o.as_ref()
+                .map_or(0, |o| o.value_bytes() + 64 * o.sibling_count())
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Option<Object>> {
+        self.map.get(key)
+    }
+
+    fn put(&mut self, key: Bytes, o: Option<Object>) {
+        let cost = Self::cost(&key, &o);
+        if cost > self.budget / 4 {
+            // Too big to be worth keeping: forget any older copy.
+            self.remove(&key);
+            return;
+        }
+        self.bytes += cost;
+        if let Some(old) = self.map.insert(key.clone(), o) {
+            self.bytes -= Self::cost(&key, &old);
+        }
+        if self.bytes > self.budget {
+            let target = self.budget / 4 * 3;
+            let mut drop_keys = Vec::new();
+            let mut freed = 0;
+            for (k, v) in &self.map {
+                if self.bytes - freed <= target {
+                    break;
+                }
+                freed += Self::cost(k, v);
+                drop_keys.push(k.clone());
+            }
+            for k in drop_keys {
+                self.remove(&k);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((k, old)) = self.map.remove_entry(key) {
+            self.bytes -= Self::cost(&k, &old);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
+
 /// Per owner: (hint count, hint value bytes). Owners with no hints are absent.
 type HintUsage = BTreeMap<NodeId, (usize, usize)>;
 
@@ -74,6 +151,10 @@ pub struct RedbStorage {
     /// What the job taken by `start_sync` does, until `finish_sync`.
     in_flight: Option<Flight>,
     checkpoints: u64,
+    /// Decoded objects, coherent with the open transaction (see [`ObjectCache`]).
+    cache: RefCell<ObjectCache>,
+    /// Reads that failed since open (a failed read is never cached as "absent").
+    read_errors: Cell<u64>,
     objects: usize,
     hints: HintUsage,
     /// `objects` and `hints` as of the last commit, restored when the open
@@ -213,6 +294,8 @@ impl RedbStorage {
             since_checkpoint: 0,
             in_flight: None,
             checkpoints: 0,
+            cache: RefCell::new(ObjectCache::new(CACHE_BYTES)),
+            read_errors: Cell::new(0),
             objects: 0,
             hints: BTreeMap::new(),
             synced_counters: None,
@@ -451,6 +534,7 @@ impl RedbStorage {
             }
         }
         self.wal.discard_group();
+        self.cache.get_mut().clear();
         if let Some((objects, hints)) = self.synced_counters.take() {
             self.objects = objects;
             self.hints = hints;
@@ -478,6 +562,13 @@ impl RedbStorage {
         self.syncs
     }
 
+    /// Limits the read cache to `bytes` (tests: a tiny cache evicts all the time).
+    pub fn set_cache_budget(&mut self, bytes: usize) {
+        let c = self.cache.get_mut();
+        c.budget = bytes;
+        c.clear();
+    }
+
     /// Checkpoints (redb commits) since open.
     pub fn checkpoints(&self) -> u64 {
         self.checkpoints
@@ -496,17 +587,25 @@ impl RedbStorage {
         }
     }
 
-    /// Encodes a batch's values once, for both the tables and the log.
-    fn encode(ops: Vec<Op>) -> Result<Vec<EncOp>, StorageError> {
+    /// Encodes a batch's values once, for both the tables and the log; the objects
+    /// it writes go to `objects` (for the cache), in order.
+    fn encode(
+        ops: Vec<Op>,
+        objects: &mut Vec<(Bytes, Option<Object>)>,
+    ) -> Result<Vec<EncOp>, StorageError> {
         let enc = |v: Result<Vec<u8>, postcard::Error>| v.map_err(|e| storage_err("encode", e));
         ops.into_iter()
             .map(|op| {
                 Ok(match op {
-                    Op::PutObject { key, object } => EncOp::PutObject {
-                        key,
-                        value: enc(postcard::to_allocvec(&object))?,
-                    },
-                    Op::DeleteObject { key } => EncOp::DeleteObject { key },
+                    Op::PutObject { key, object } => {
+                        let value = enc(postcard::to_allocvec(&object))?;
+                        objects.push((key.clone(), Some(object)));
+                        EncOp::PutObject { key, value }
+                    }
+                    Op::DeleteObject { key } => {
+                        objects.push((key.clone(), None));
+                        EncOp::DeleteObject { key }
+                    }
                     Op::PutHint { owner, key, hint } => EncOp::PutHint {
                         owner,
                         key,
@@ -527,6 +626,7 @@ impl RedbStorage {
         match r {
             Ok(v) => v,
             Err(e) => {
+                self.read_errors.set(self.read_errors.get() + 1);
                 tracing::error!(file = %self.path.display(), "storage read ({what}) failed: {}", e.0);
                 T::default()
             }
@@ -617,10 +717,24 @@ impl RedbStorage {
 
 impl Storage for RedbStorage {
     fn object(&self, key: &[u8]) -> Option<Object> {
+        if let Some(o) = self.cache.borrow().get(key) {
+            return o.clone();
+        }
+        let errors = self.read_errors.get();
         let raw = read_table!(self, "object", OBJECTS, |t| Ok(t
             .get(key)?
-            .map(|v| v.value().to_vec())))?;
-        self.decode("object", &raw)
+            .map(|v| v.value().to_vec())));
+        if self.read_errors.get() != errors {
+            return None;
+        }
+        let o = match raw {
+            Some(raw) => Some(self.decode("object", &raw)?),
+            None => None,
+        };
+        self.cache
+            .borrow_mut()
+            .put(Bytes::copy_from_slice(key), o.clone());
+        o
     }
 
     fn objects_after(&self, after: Option<&[u8]>, limit: usize) -> Vec<(Bytes, Object)> {
@@ -716,7 +830,8 @@ impl Storage for RedbStorage {
         if self.synced_counters.is_none() {
             self.synced_counters = Some((self.objects, self.hints.clone()));
         }
-        let ops = match Self::encode(batch.ops) {
+        let mut written = Vec::new();
+        let ops = match Self::encode(batch.ops, &mut written) {
             Ok(ops) => ops,
             Err(e) => {
                 self.poison(&e);
@@ -734,6 +849,10 @@ impl Storage for RedbStorage {
         self.count(objects, hints);
         for op in &ops {
             self.wal.push(op);
+        }
+        let cache = self.cache.get_mut();
+        for (key, object) in written {
+            cache.put(key, object);
         }
         self.group += 1;
         self.since_checkpoint += 1;
@@ -1286,6 +1405,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_read_cache_stays_within_its_budget_and_coherent() {
+        let mut c = ObjectCache::new(10_000);
+        for i in 0..1000 {
+            c.put(b(&format!("k{i}")), Some(obj("value")));
+            assert!(c.bytes <= 10_000, "{}", c.bytes);
+        }
+        assert!(c.map.len() > 10 && c.map.len() < 1000);
+        let sum: usize = c.map.iter().map(|(k, v)| ObjectCache::cost(k, v)).sum();
+        assert_eq!(sum, c.bytes);
+        // Replacing and removing keep the byte count exact.
+        c.put(b("k999"), None);
+        c.put(b("k999"), Some(obj("other")));
+        c.remove(b"k999");
+        let sum: usize = c.map.iter().map(|(k, v)| ObjectCache::cost(k, v)).sum();
+        assert_eq!(sum, c.bytes);
+        // An object bigger than a quarter of the budget is not kept, nor an old copy.
+        c.put(b("big"), Some(obj("small")));
+        c.put(b("big"), Some(obj(&"x".repeat(5000))));
+        assert!(c.get(b"big").is_none());
+        // Through the storage: reads after writes, deletes and a poisoning agree.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path()).unwrap();
+        assert_eq!(s.object(b"a"), None);
+        apply(&mut s, vec![put("a", "1")]);
+        assert_eq!(s.object(b"a"), Some(obj("1")));
+        apply(&mut s, vec![Op::DeleteObject { key: b("a") }]);
+        assert_eq!(s.object(b"a"), None);
+        apply(&mut s, vec![put("a", "2")]);
+        s.sync().unwrap();
+        assert_eq!(s.object(b"a"), Some(obj("2")));
+    }
+
     fn arb_op() -> impl Strategy<Value = Op> {
         let key = prop::sample::select(vec!["", "a", "ab", "b", "c", "\u{ff}", "z"]);
         let val = "[a-z]{0,6}";
@@ -1339,7 +1491,10 @@ mod tests {
                 (prop::collection::vec(arb_op(), 0..8), 0u8..6), 1..12)
         ) {
             let dir = tempfile::tempdir().unwrap();
+            // A read cache of a few entries, so evictions happen all the time.
+            let small = |r: &mut RedbStorage| r.set_cache_budget(1000);
             let mut r = open(dir.path()).unwrap();
+            small(&mut r);
             let mut m = MemStorage::new();
             let mut m_synced = m.clone();
             for (ops, action) in batches {
@@ -1355,6 +1510,7 @@ mod tests {
                         m_synced = m.clone();
                         drop(r);
                         r = open(dir.path()).unwrap();
+                        small(&mut r);
                     }
                     3 => {
                         r.checkpoint().unwrap();
@@ -1364,6 +1520,7 @@ mod tests {
                         // Closed without sync: back to the last synced state.
                         drop(r);
                         r = open(dir.path()).unwrap();
+                        small(&mut r);
                         m = m_synced.clone();
                     }
                     _ => {}
