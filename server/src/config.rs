@@ -96,11 +96,11 @@ pub struct ServeArgs {
     /// HTTP parsing and encryption use more cores of a dedicated machine [default: 1].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Replicas a read asks: `quorum` R, itself first, asking the rest only if one
-    /// is silent for --replica-timeout-ms (as Cassandra does: half the replica
-    /// traffic at N=3, R=2; read repair reaches the replicas asked, anti-entropy the
-    /// rest), or `all` N (Dynamo and Riak: read repair reaches every replica on
-    /// every read) [default: quorum].
+    /// Replicas a read asks: `all` N (Dynamo and Riak: read repair reaches every
+    /// replica on every read, and the first R of N answers hide one slow replica) or
+    /// `quorum` R, itself first, asking the rest only if one is silent for
+    /// --replica-timeout-ms (as Cassandra does: half the replica traffic at N=3,
+    /// R=2, but a slow replica delays the read) [default: all].
     #[arg(long, value_enum)]
     pub read_fanout: Option<Fanout>,
 }
@@ -295,8 +295,8 @@ impl ServeArgs {
             ),
             dead_after: ms(self.dead_after_ms, file.dead_after_ms, d.dead_after),
             read_fanout: match self.read_fanout.or(file.read_fanout) {
-                Some(Fanout::All) => ringlab_core::ReadFanout::All,
-                Some(Fanout::Quorum) | None => ringlab_core::ReadFanout::Quorum,
+                Some(Fanout::Quorum) => ringlab_core::ReadFanout::Quorum,
+                Some(Fanout::All) | None => ringlab_core::ReadFanout::All,
             },
             ..d
         };
