@@ -23,9 +23,10 @@
 //!
 //! Tables: `objects` (key → postcard([`Object`])), `hints` (owner as 4 bytes
 //! big-endian ++ key → postcard([`Hint`]), so one owner's hints are a contiguous
-//! range in key order), `meta` (name → bytes), `wal` (the checkpoint's LSN). The object count and the per-owner
-//! hint (count, value bytes) are loaded at open and kept in memory, so the hot paths
-//! (`object_count`, `hint_usage`, `hint_owners`) never scan.
+//! range in key order), `meta` (name → bytes), `wal` (the checkpoint's LSN). The
+//! object count and the per-owner hint (count, value bytes) are loaded at open and
+//! kept in memory, so the hot paths (`object_count`, `hint_usage`, `hint_owners`)
+//! never scan.
 //!
 //! At open every page checksum is verified (redb's integrity check, or its repair
 //! after an unclean shutdown): a corrupt or truncated file is an error naming the
@@ -204,6 +205,15 @@ fn storage_err(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError(format!("{what}: {e}"))
 }
 
+/// Records in `txn` that, once committed, the tables cover the log up to `lsn`.
+fn mark_checkpoint(txn: &redb::WriteTransaction, lsn: u64) -> Result<(), StorageError> {
+    txn.open_table(WAL_STATE)
+        .map_err(|e| storage_err("wal state", e))?
+        .insert(CHECKPOINT_LSN, lsn)
+        .map_err(|e| storage_err("wal state", e))?;
+    Ok(())
+}
+
 /// Runs `$body` with `$t` bound to table `$def`, opened in the open write transaction
 /// when there is one (so unsynced batches are seen), else in a fresh read
 /// transaction. A macro because `Table` and `ReadOnlyTable` share only the generic
@@ -349,10 +359,7 @@ impl RedbStorage {
             Self::apply_ops(&txn, &ops, &mut objects, &mut hints)?;
             self.count(objects, hints);
         }
-        txn.open_table(WAL_STATE)
-            .map_err(|e| storage_err("wal state", e))?
-            .insert(CHECKPOINT_LSN, last)
-            .map_err(|e| storage_err("wal state", e))?;
+        mark_checkpoint(&txn, last)?;
         txn.commit().map_err(|e| storage_err("commit", e))?;
         tracing::info!(file = %self.wal.path().display(), records = records.len(), last, "write-ahead log replayed");
         self.wal.recovered(last);
@@ -436,31 +443,24 @@ impl RedbStorage {
             return Ok(Some(SyncJob(Job::Log(write))));
         }
         let txn = self.take_checkpoint()?;
-        self.wal.discard_group();
-        self.in_flight = Some(Flight::Checkpoint);
         Ok(Some(SyncJob(Job::Checkpoint(Box::new(txn)))))
     }
 
-    /// Takes the open transaction out with the checkpoint's LSN written into it.
+    /// Takes the open transaction out, with the checkpoint's LSN written into it,
+    /// as the sync in flight (the group goes into it without a log record).
     fn take_checkpoint(&mut self) -> Result<redb::WriteTransaction, StorageError> {
-        let lsn = self.wal.checkpoint_lsn();
         let Some(txn) = self.txn.take() else {
             return Err(StorageError(
                 "a group is pending without a transaction".into(),
             ));
         };
-        let marked = match txn.open_table(WAL_STATE) {
-            Ok(mut t) => t
-                .insert(CHECKPOINT_LSN, lsn)
-                .map(|_| ())
-                .map_err(|e| storage_err("wal state", e)),
-            Err(e) => Err(storage_err("wal state", e)),
-        };
-        if let Err(e) = marked {
+        if let Err(e) = mark_checkpoint(&txn, self.wal.checkpoint_lsn()) {
             self.txn = Some(txn);
             self.poison(&e);
             return Err(e);
         }
+        self.wal.discard_group();
+        self.in_flight = Some(Flight::Checkpoint);
         Ok(txn)
     }
 
@@ -472,8 +472,6 @@ impl RedbStorage {
             return Ok(());
         }
         let txn = self.take_checkpoint()?;
-        self.wal.discard_group();
-        self.in_flight = Some(Flight::Checkpoint);
         let r = txn
             .commit()
             .map_err(|e| storage_err("checkpoint commit", e));
