@@ -84,6 +84,36 @@ fn wrong_key_peer_and_garbage_are_rejected() {
         rejected(&c, 0)
     );
 
+    // A flood of the same garbage from one host: every frame is counted, but the
+    // log gets one line per reason and host per 10 s, not one per frame.
+    let log_lines = |c: &Cluster| {
+        std::fs::read_to_string(&c.nodes[0].log)
+            .unwrap_or_default()
+            .matches("peer frame rejected")
+            .count()
+    };
+    let (before, lines_before) = (rejected(&c, 0), log_lines(&c));
+    let flood = 300;
+    for _ in 0..flood {
+        if let Ok(mut s) = TcpStream::connect(peer) {
+            let junk: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+            let _ = s.write_all(&(junk.len() as u32).to_be_bytes());
+            let _ = s.write_all(&junk);
+            let _ = s.flush();
+        }
+    }
+    wait_for(
+        "A to count every frame of the flood",
+        Duration::from_secs(20),
+        || rejected(&c, 0) >= before + flood as f64,
+    );
+    let logged = log_lines(&c) - lines_before;
+    eprintln!("flood: {flood} rejections counted, {logged} log lines");
+    assert!(
+        logged <= 2,
+        "{logged} log lines for {flood} identical rejections from one host"
+    );
+
     // An intruder with a fresh key, seeded with A.
     let intruder = c.add_node_with_key("H", &random_key_line());
     let before = rejected(&c, 0);

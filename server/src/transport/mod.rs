@@ -26,6 +26,7 @@
 
 pub mod frame;
 pub mod keys;
+mod log_limit;
 
 pub use keys::{KeyError, KeyRing};
 
@@ -221,6 +222,8 @@ struct Inner {
     book: Mutex<HashMap<NodeId, String>>,
     peers: Mutex<HashMap<NodeId, mpsc::Sender<Vec<u8>>>>,
     counters: Counters,
+    /// Keeps a rejection flood from flooding the log (every rejection is still counted).
+    log_limit: Mutex<log_limit::LogLimiter>,
     shutdown: watch::Sender<bool>,
     local_addr: SocketAddr,
     /// To the driver; outbound handshakes report `Peer` here too (never blocking).
@@ -239,7 +242,24 @@ impl Inner {
             _ => 6,
         };
         bump(&self.counters.rejected[i], 1);
-        tracing::warn!(peer, reason, "peer frame rejected: {detail}");
+        let verdict = self
+            .log_limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(reason, peer, std::time::Instant::now());
+        match verdict {
+            log_limit::Verdict::Log { suppressed: 0 } => {
+                tracing::warn!(peer, reason, "peer frame rejected: {detail}")
+            }
+            log_limit::Verdict::Log { suppressed } => tracing::warn!(
+                peer,
+                reason,
+                suppressed,
+                "peer frame rejected: {detail} ({suppressed} more from this host for this reason in the last {} s were counted, not logged)",
+                log_limit::WINDOW.as_secs()
+            ),
+            log_limit::Verdict::Suppress => {}
+        }
     }
 
     fn header(&self, session: [u8; SESSION_LEN], seq: u64) -> Header {
@@ -651,6 +671,7 @@ impl Transport {
             book: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            log_limit: Mutex::new(log_limit::LogLimiter::default()),
             shutdown,
             local_addr,
             incoming: tx.clone(),
