@@ -707,6 +707,12 @@ impl<S: Storage> Node<S> {
                 self.install_ring(r);
             }
         }
+        // Recorded after the install: a ring counts as prepared for only if this
+        // node knew it as pending before it became active (a merge can bring another
+        // cluster's ring together with that cluster's pending copy of it).
+        if let Some(p) = self.membership.pending() {
+            self.prepared_ring = Some((p.version(), p.fingerprint()));
+        }
         if !fresh.observations.is_empty() || !fresh.members.is_empty() {
             self.recompute_remote_views();
         }

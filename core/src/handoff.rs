@@ -6,11 +6,23 @@
 //! after committing the merge — so handoff never reduces the number of durable
 //! copies. Hints older than the hint window are dropped (reported as
 //! `HintDropped`); repairing those owners is anti-entropy's job.
+//!
+//! Ownership handoff reuses the same delivery. When a node adopts an active ring it
+//! did not prepare for — the other side of a logical partition (S7) won the merge,
+//! or the node was cut off while a pending ring was pulled and activated — it may
+//! hold its own copies of keys it no longer replicates, written while it believed in
+//! its old ring. Nobody pulled them, and anti-entropy only compares co-replicas, so
+//! they would be invisible forever. The node scans its store page by page (a cursor
+//! persisted with each page, so a crash resumes the scan) and stores each such
+//! key as a hint for every primary of the key in the new ring; delivery, acks and
+//! retries are hinted handoff's. Its own copy is kept (it is never the only one
+//! deleted), but no longer served. Planned transitions skip the scan: their
+//! gaining nodes pulled before activation.
 
 use crate::id::NodeId;
 use crate::message::{Event, Message};
 use crate::node::{Node, Timer};
-use crate::store::{Op, Storage};
+use crate::store::{Hint, Op, Storage};
 use crate::time::Time;
 use crate::version::{Object, VersionVector};
 use bytes::Bytes;
@@ -35,6 +47,35 @@ pub enum Msg {
     },
 }
 
+/// Where an ownership handoff scan stands (persisted under [`META_OWNERSHIP_HANDOFF`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OrphanScan {
+    /// The ring version that started it (owners come from the current ring).
+    ring_version: u64,
+    /// Last key scanned; `None` before the first page.
+    after: Option<Bytes>,
+}
+
+/// Storage meta name of the scan in progress (empty: none).
+const META_OWNERSHIP_HANDOFF: &str = "ownership_handoff";
+
+impl OrphanScan {
+    /// The scan a previous run left unfinished, if any.
+    pub(crate) fn load<S: Storage>(storage: &S) -> Option<Self> {
+        let bytes = storage.meta(META_OWNERSHIP_HANDOFF)?;
+        postcard::from_bytes(&bytes).ok()
+    }
+
+    fn op(scan: Option<&OrphanScan>) -> Op {
+        Op::PutMeta {
+            name: META_OWNERSHIP_HANDOFF.into(),
+            value: scan
+                .and_then(|s| postcard::to_allocvec(s).ok())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// A delivery batch awaiting its ack.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct InFlight {
@@ -44,12 +85,82 @@ pub(crate) struct InFlight {
 
 impl<S: Storage> Node<S> {
     pub(crate) fn hint_replay_tick(&mut self) {
+        self.ownership_handoff_step();
         for owner in self.storage.hint_owners() {
             self.expire_hints(owner);
             self.try_deliver_hints(owner);
         }
         let next = self.now + self.config.hint_replay_interval;
         self.set_timer(next, Timer::HintReplay);
+    }
+
+    /// Starts (or restarts from the first key) the ownership handoff scan.
+    pub(crate) fn start_ownership_handoff(&mut self, ring_version: u64) {
+        let scan = OrphanScan {
+            ring_version,
+            after: None,
+        };
+        if self.commit(vec![OrphanScan::op(Some(&scan))]) {
+            self.orphan_scan = Some(scan);
+        }
+    }
+
+    /// Scans the next page of the store: every own copy of a key this node does
+    /// not replicate becomes a hint for each of the key's primaries (merged into a
+    /// hint already held for it), committed with the scan's new position.
+    pub(crate) fn ownership_handoff_step(&mut self) {
+        let (Some(scan), Some(ring)) = (self.orphan_scan.clone(), self.ring.clone()) else {
+            return;
+        };
+        let limit = self.config.hint_batch.max(1) * 8;
+        let page = self.storage.objects_after(scan.after.as_deref(), limit);
+        let done = page.len() < limit;
+        let (mut ops, mut keys) = (Vec::new(), 0);
+        for (key, object) in &page {
+            let owners = ring.primaries(ring.partition_of(key));
+            if owners.contains(&self.id) {
+                continue;
+            }
+            keys += 1;
+            for &owner in owners {
+                let hint = match self.storage.hint(owner, key) {
+                    Some(mut h) => {
+                        h.object.merge(object);
+                        h
+                    }
+                    None => Hint {
+                        object: object.clone(),
+                        stored_at: self.now,
+                    },
+                };
+                ops.push(Op::PutHint {
+                    owner,
+                    key: key.clone(),
+                    hint,
+                });
+            }
+        }
+        let hints = ops.len();
+        let next = match page.last() {
+            Some((last, _)) if !done => Some(OrphanScan {
+                ring_version: scan.ring_version,
+                after: Some(last.clone()),
+            }),
+            _ => None,
+        };
+        ops.push(OrphanScan::op(next.as_ref()));
+        if !self.commit(ops) {
+            return;
+        }
+        self.orphan_scan = next;
+        if keys > 0 || done {
+            self.event(Event::OwnershipHandoff {
+                ring_version: scan.ring_version,
+                keys,
+                hints,
+                done,
+            });
+        }
     }
 
     fn expire_hints(&mut self, owner: NodeId) {

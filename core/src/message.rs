@@ -511,6 +511,18 @@ pub enum Event {
         /// Last page.
         done: bool,
     },
+    /// Ownership handoff: a page of this node's own copies of keys it does not
+    /// replicate in the ring it adopted was turned into hints for their owners.
+    OwnershipHandoff {
+        /// The ring the owners are taken from.
+        ring_version: u64,
+        /// Keys in the page that belong to other nodes.
+        keys: usize,
+        /// Hints written (one per owner of each such key).
+        hints: usize,
+        /// The whole store has been scanned.
+        done: bool,
+    },
     /// Storage failed to commit; dependent outputs were withheld.
     StorageFailed {
         /// The error.
@@ -552,6 +564,7 @@ impl Event {
             Event::RingProposed { .. } => "ring-proposed",
             Event::RingActivated { .. } => "ring-activated",
             Event::PartitionPulled { .. } => "pull",
+            Event::OwnershipHandoff { .. } => "ownership-handoff",
         }
     }
 }

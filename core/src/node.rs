@@ -93,6 +93,11 @@ pub struct Node<S: Storage> {
     /// Partitions being pulled for the pending ring, with the last key received.
     pub(crate) pulls: BTreeMap<crate::ring::Partition, Option<bytes::Bytes>>,
     pub(crate) pull_version: u64,
+    /// The newest pending ring seen (version, fingerprint). An active ring that was
+    /// this node's pending ring first was prepared for: its gaining nodes pulled.
+    pub(crate) prepared_ring: Option<(u64, u64)>,
+    /// Ownership handoff in progress (see `handoff.rs`); persisted, so it resumes.
+    pub(crate) orphan_scan: Option<handoff::OrphanScan>,
     pub(crate) addr: String,
     pub(crate) zone: String,
     pub(crate) generation: u64,
@@ -200,6 +205,8 @@ impl<S: Storage> Node<S> {
             gossip_rounds: 0,
             pulls: BTreeMap::new(),
             pull_version: 0,
+            prepared_ring: None,
+            orphan_scan: None,
             addr: info.addr,
             zone: info.zone,
             generation: 0,
@@ -237,6 +244,7 @@ impl<S: Storage> Node<S> {
         }
         node.init_membership();
         node.sync_trees();
+        node.orphan_scan = handoff::OrphanScan::load(&node.storage);
         // Start-up effects (persisting the new generation) are not outputs.
         node.outputs.clear();
         node
@@ -312,6 +320,11 @@ impl<S: Storage> Node<S> {
     /// The ring this node routes by.
     pub fn ring(&self) -> Option<&Ring> {
         self.ring.as_ref()
+    }
+
+    /// Whether an ownership handoff scan is still running (see `handoff.rs`).
+    pub fn ownership_handoff_in_progress(&self) -> bool {
+        self.orphan_scan.is_some()
     }
 
     /// The storage (read-only).
@@ -444,11 +457,18 @@ impl<S: Storage> Node<S> {
         }
         let encoded = postcard::to_allocvec(&ring).unwrap_or_default();
         let version = ring.version();
+        let prepared = self.prepared_ring == Some((version, ring.fingerprint()));
         if self.commit(vec![Op::PutMeta {
             name: META_RING.into(),
             value: encoded,
         }]) {
+            let had_ring = self.ring.is_some();
             self.ring = Some(ring);
+            if had_ring && !prepared {
+                // Not a transition this node took part in (e.g. the other side of a
+                // logical partition won the merge): nobody pulled what it holds.
+                self.start_ownership_handoff(version);
+            }
             self.event(Event::RingInstalled { version });
             // Only partitions this node newly replicates get a tree built.
             let built = self.sync_trees();

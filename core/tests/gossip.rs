@@ -137,6 +137,133 @@ fn s7_with_seeds_the_two_rings_merge() {
     );
 }
 
+/// S7 with data: two rings of three take writes while they cannot reach each other
+/// (a network cut keeps D, E and F from the seed), then the cut heals and the rings
+/// merge. One ring's ownership wins; the other ring's nodes hold keys they no longer
+/// replicate, and in the final six-node ring some partitions have no replica from
+/// that side, so only ownership handoff (the keys become hints for the new owners)
+/// keeps those writes. Every acknowledged write on either side must be readable with
+/// R=3 afterwards. Replay a failing seed with RINGLAB_SEED=<seed>.
+#[test]
+fn s7_writes_on_both_rings_survive_the_merge() {
+    // RINGLAB_SEED=S replays one seed; otherwise seeds 1..=RINGLAB_SEEDS/10 (default 20).
+    let seeds: Vec<u64> = match std::env::var("RINGLAB_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(s) => vec![s],
+        None => {
+            let n: u64 = std::env::var("RINGLAB_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            (1..=(n / 10).max(1)).collect()
+        }
+    };
+    for seed in seeds {
+        s7_with_data(seed);
+    }
+}
+
+fn s7_with_data(seed: u64) {
+    const F: NodeId = NodeId(5);
+    let all = vec![A, B, C, D, E, F];
+    let mut w = fresh_world(seed, 6, &[A]);
+    w.record_trace(true);
+    w.apply(Action::Partition(vec![vec![A, B, C], vec![D, E, F]]));
+    for first in [A, D] {
+        let ring = Ring::new(16, 3, &[(first, "z1".to_owned())]).unwrap();
+        admin(&mut w, first, Admin::SetRing(ring));
+    }
+    for (n, contact) in [(B, A), (C, A), (E, D), (F, D)] {
+        admin(&mut w, n, Admin::Join { contact });
+    }
+    let formed = run_until(&mut w, Dur::secs(30), |w| {
+        [A, B, C]
+            .iter()
+            .all(|&n| ring_members(w, n) == vec![A, B, C])
+            && [D, E, F]
+                .iter()
+                .all(|&n| ring_members(w, n) == vec![D, E, F])
+    });
+    assert!(formed.is_some(), "seed {seed}: the two rings did not form");
+    // 100 keys written on each side, W=2.
+    let mut acked = Vec::new();
+    for i in 0..200u32 {
+        let (at, side) = if i % 2 == 0 { (A, "abc") } else { (D, "def") };
+        let key = bytes::Bytes::from(format!("{side}-{i}"));
+        let r = w.submit(
+            at,
+            ClientOp::Put {
+                key: key.clone(),
+                value: bytes::Bytes::from(format!("v{i}")),
+                context: None,
+                w: Some(2),
+            },
+        );
+        match w.run_until_done(r, Dur::secs(5)) {
+            Some(Ok(ClientReply::Written { dot, .. })) => acked.push((key, dot)),
+            other => panic!("seed {seed}: write {i} at {at} was not acknowledged: {other:?}"),
+        }
+    }
+    w.apply(Action::Heal);
+    let merged = run_until(&mut w, Dur::secs(120), |w| {
+        all.iter().all(|&n| ring_members(w, n) == all)
+            && converged(w)
+            && all.iter().all(|&n| {
+                let node = w.node(n).unwrap();
+                !node.ownership_handoff_in_progress() && node.storage().hint_count() == 0
+            })
+    });
+    assert!(
+        merged.is_some(),
+        "seed {seed}: rings {:?}, hints {:?}",
+        all.iter().map(|&n| ring_members(&w, n)).collect::<Vec<_>>(),
+        all.iter()
+            .map(|&n| w.node(n).unwrap().storage().hint_count())
+            .collect::<Vec<_>>()
+    );
+    let handed: usize = w
+        .trace()
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Event {
+                event: Event::OwnershipHandoff { keys, .. },
+                ..
+            } => Some(*keys),
+            _ => None,
+        })
+        .sum();
+    // Let anti-entropy settle the final ring, then read everything with R=3.
+    w.run_for(Dur::secs(30));
+    let mut lost = Vec::new();
+    for (key, dot) in &acked {
+        let r = w.submit(
+            B,
+            ClientOp::Get {
+                key: key.clone(),
+                r: Some(3),
+            },
+        );
+        match w.run_until_done(r, Dur::secs(5)) {
+            Some(Ok(ClientReply::Read { context, .. })) if context.covers(dot) => {}
+            Some(Ok(ClientReply::Read { .. })) => lost.push(key.clone()),
+            other => panic!("seed {seed}: read of {key:?} failed: {other:?}"),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "seed {seed}: {} of {} acknowledged writes lost in the merge: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    assert!(
+        handed > 0,
+        "seed {seed}: the losing ring handed nothing off"
+    );
+    println!("S7 with data (seed {seed}): merged after {merged:?}; {handed} own copies handed off, 0 of 200 writes lost");
+}
+
 #[test]
 fn s8_crash_is_temporary_remove_is_permanent() {
     let mut w = World::new(SimConfig::new(8, 5, 1)).unwrap();

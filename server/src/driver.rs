@@ -664,6 +664,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             Event::MemberStateChanged { .. } => m.add("member_changes", 1),
             Event::RingInstalled { .. } => m.add("rings_installed", 1),
             Event::PartitionPulled { .. } => m.add("partitions_pulled", 1),
+            Event::OwnershipHandoff { keys, .. } => m.add("ownership_handoff_keys", *keys as u64),
             Event::MessageIgnored { .. } => m.add("messages_ignored", 1),
             _ => {}
         }

@@ -125,7 +125,7 @@ impl Default for Metrics {
 }
 
 /// Counters the driver bumps, with their help text. Only these names are valid.
-const COUNTERS: [(&str, &str); 17] = [
+const COUNTERS: [(&str, &str); 18] = [
     (
         "hints_stored",
         "Hinted replicas this node stored as a stand-in.",
@@ -166,6 +166,10 @@ const COUNTERS: [(&str, &str); 17] = [
     (
         "partitions_pulled",
         "Partition data pages pulled from current replicas.",
+    ),
+    (
+        "ownership_handoff_keys",
+        "Own copies of keys this node does not replicate in a ring it adopted unprepared, handed to their owners as hints.",
     ),
     ("storage_syncs", "Group commits (one fsync each)."),
     ("messages_ignored", "Peer messages ignored by the core."),

@@ -1457,6 +1457,15 @@ fn event_text(e: &ringlab_core::Event) -> String {
         }
         E::HandoffStarted { owner, hints } => format!("handing {hints} hint(s) to {owner}"),
         E::HandoffReceived { from, keys } => format!("merged {keys} key(s) handed off by {from}"),
+        E::OwnershipHandoff {
+            ring_version,
+            keys,
+            hints,
+            done,
+        } => format!(
+            "holds {keys} key(s) it does not replicate in ring v{ring_version}: {hints} hint(s) for their owners{}",
+            if *done { " (store scanned)" } else { "" }
+        ),
         E::ReplicaStored { key, siblings } => format!("stored {} ({siblings} sibling(s))", k(key)),
         E::QuorumMet { key, got, need, .. } => format!("quorum met for {} ({got}/{need})", k(key)),
         E::RequestFailed { key, error, .. } => format!("request on {} failed: {error}", k(key)),
