@@ -277,3 +277,103 @@ impl<S: Storage> Node<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::message::{Admin, Input};
+    use crate::ring::Ring;
+    use crate::store::{Batch, MemStorage};
+
+    const A: NodeId = NodeId(0);
+
+    fn rings() -> (Ring, Ring) {
+        let three: Vec<(NodeId, String)> = (0..3).map(|i| (NodeId(i), "z1".to_owned())).collect();
+        let before = Ring::new(16, 3, &three).unwrap();
+        let mut after = before.clone();
+        for i in 3..6 {
+            after = after.with_joined(NodeId(i), "z1").unwrap();
+        }
+        (before, after)
+    }
+
+    /// A node holding 300 keys adopts, unprepared, a ring in which it replicates
+    /// fewer partitions; it crashes after the first page and resumes from the
+    /// persisted cursor. In the end every key it no longer replicates is a hint for
+    /// each of its new primaries, and nothing else is.
+    #[test]
+    fn ownership_handoff_hints_every_foreign_key_and_resumes_after_a_crash() {
+        let (before, after) = rings();
+        let cfg = Config {
+            hint_batch: 4,
+            ..Config::demo()
+        };
+        let mut storage = MemStorage::new();
+        let mut ops = Vec::new();
+        for i in 0..300u32 {
+            let mut o = Object::new();
+            o.write(
+                crate::version::Actor { node: A, epoch: 1 },
+                &VersionVector::new(),
+                Some(Bytes::from(format!("v{i}"))),
+            );
+            ops.push(Op::PutObject {
+                key: Bytes::from(format!("key-{i}")),
+                object: o,
+            });
+        }
+        storage.apply(Batch { ops }).unwrap();
+        let mut node = Node::new(A, cfg.clone(), Some(before), storage, 1, Time(0));
+        node.handle_input(Time(1), Input::Admin(Admin::SetRing(after.clone())));
+        assert!(node.ownership_handoff_in_progress());
+        node.ownership_handoff_step();
+        assert!(
+            node.ownership_handoff_in_progress(),
+            "300 keys take several pages"
+        );
+        // Crash: only storage survives.
+        let storage = node.storage().clone();
+        let mut node = Node::new(A, cfg, Some(after.clone()), storage, 2, Time(10));
+        assert!(node.ownership_handoff_in_progress(), "the scan resumes");
+        let mut steps = 0;
+        while node.ownership_handoff_in_progress() {
+            node.ownership_handoff_step();
+            steps += 1;
+            assert!(steps < 100, "the scan never ends");
+        }
+        let s = node.storage();
+        let mut foreign = 0;
+        for i in 0..300u32 {
+            let key = format!("key-{i}");
+            let owners = after.primaries(after.partition_of(key.as_bytes()));
+            let mine = owners.contains(&A);
+            foreign += usize::from(!mine);
+            for o in (0..6).map(NodeId) {
+                let hinted = s.hint(o, key.as_bytes()).is_some();
+                let want = !mine && owners.contains(&o);
+                assert_eq!(hinted, want, "{key}: hint for {o}");
+            }
+            // The own copy is kept either way.
+            assert!(s.object(key.as_bytes()).is_some());
+        }
+        assert!(foreign > 0 && foreign < 300, "{foreign}");
+    }
+
+    /// A ring this node knew as pending (it pulled for it) starts no scan.
+    #[test]
+    fn a_prepared_ring_starts_no_ownership_handoff() {
+        let (before, after) = rings();
+        let mut node = Node::new(
+            A,
+            Config::demo(),
+            Some(before),
+            MemStorage::new(),
+            1,
+            Time(0),
+        );
+        node.prepared_ring = Some((after.version(), after.fingerprint()));
+        node.handle_input(Time(1), Input::Admin(Admin::SetRing(after)));
+        assert!(!node.ownership_handoff_in_progress());
+    }
+}
