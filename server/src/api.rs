@@ -124,6 +124,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/cluster", get(cluster))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/events", get(events))
         .route("/admin/leave", post(leave))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -250,6 +251,60 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
         s.handle.metrics.render(),
     )
         .into_response()
+}
+
+/// `GET /events[?kinds=hint,handoff,…]`: this node's core events as server-sent
+/// events, from the moment of the request, each `data:` line the JSON of one
+/// [`crate::driver::EventLine`]. A subscriber that falls more than
+/// [`crate::driver::EVENT_BUFFER`] events behind gets an `event: lagged` message
+/// with the number skipped and continues with the newest; the node never waits.
+async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use tokio::sync::broadcast::error::RecvError;
+    let kinds: Option<Vec<String>> = uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == "kinds")
+            .map(|(_, v)| {
+                v.split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+    });
+    if let Some(bad) = kinds
+        .iter()
+        .flatten()
+        .find(|k| !k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_param",
+            format!("kinds={bad:?}: event kinds are lower-case words such as hint, handoff, ring"),
+        ));
+    }
+    let rx = s.handle.subscribe();
+    let stream = futures_util::stream::unfold((rx, kinds), |(mut rx, kinds)| async move {
+        loop {
+            let item = match rx.recv().await {
+                Ok(line) => {
+                    if kinds
+                        .as_ref()
+                        .is_some_and(|k| !k.iter().any(|k| k == line.kind))
+                    {
+                        continue;
+                    }
+                    Sse::default().data(line.json.as_str())
+                }
+                Err(RecvError::Lagged(n)) => Sse::default().event("lagged").data(n.to_string()),
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(item), (rx, kinds)));
+        }
+    });
+    Ok(axum::response::Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn leave(State(s): State<Arc<ApiState>>) -> Result<Response, ApiError> {
@@ -423,13 +478,11 @@ struct Sibling {
     value: String,
 }
 
-async fn kv(
-    State(s): State<Arc<ApiState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn kv(State(s): State<Arc<ApiState>>, req: axum::extract::Request) -> Response {
+    // The request taken apart, not extracted piecewise: the `HeaderMap` and `Uri`
+    // extractors clone (measurable on the read path).
+    let (parts, body) = req.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let op_name: &'static str = match method {
         Method::PUT => "put",
         Method::GET => "get",

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// A group commit to run on a blocking thread.
 pub type SyncFn = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
@@ -239,7 +239,22 @@ pub struct Handle {
     view: watch::Receiver<Arc<ClusterView>>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
+    events: broadcast::Sender<Arc<EventLine>>,
 }
+
+/// One core event as the live stream (`GET /events`) sends it.
+#[derive(Debug)]
+pub struct EventLine {
+    /// [`Event::kind`], for filtering without parsing.
+    pub kind: &'static str,
+    /// `{"at_ms": node time, "node": id, "kind": …, "event": the core's `Event`}`:
+    /// the event in its serde form, so a client can decode it with the core's types.
+    pub json: String,
+}
+
+/// Events buffered per live-stream subscriber; a slower one skips ahead and is told
+/// how many it missed (the node never waits for it).
+pub const EVENT_BUFFER: usize = 1024;
 
 impl Handle {
     /// Queues a client operation without waiting; the receiver yields its result.
@@ -265,6 +280,11 @@ impl Handle {
     /// The latest cluster snapshot.
     pub fn view(&self) -> Arc<ClusterView> {
         self.view.borrow().clone()
+    }
+
+    /// A live feed of this node's core events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventLine>> {
+        self.events.subscribe()
     }
 
     /// Client commands waiting for the node task.
@@ -332,6 +352,7 @@ pub struct Driver<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'st
     reachability_changed: bool,
     commits_at_sync: u64,
     last_gauges: Option<Instant>,
+    events_tx: broadcast::Sender<Arc<EventLine>>,
 }
 
 impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<S, P, I> {
@@ -347,6 +368,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
         let (tx, cmd_rx) = mpsc::channel(queue.max(1));
         let (view_tx, view) = watch::channel(Arc::new(ClusterView::default()));
         let commits_at_sync = node.storage().commits();
+        let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
         let mut driver = Driver {
             node,
             net,
@@ -366,9 +388,16 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             reachability_changed: true,
             commits_at_sync,
             last_gauges: None,
+            events_tx: events_tx.clone(),
         };
         driver.publish();
-        (driver, Handle { tx, view, metrics })
+        let handle = Handle {
+            tx,
+            view,
+            metrics,
+            events: events_tx,
+        };
+        (driver, handle)
     }
 
     /// The node (for start-up decisions such as bootstrapping the ring).
@@ -641,6 +670,20 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
 
     /// Logs an event and counts it.
     fn on_event(&mut self, e: Event) {
+        // Serialized only while someone listens (the stream is for people and UIs).
+        if self.events_tx.receiver_count() > 0 {
+            let json = serde_json::json!({
+                "at_ms": self.clock.now().as_millis(),
+                "node": self.node.id().name(),
+                "kind": e.kind(),
+                "event": &e,
+            })
+            .to_string();
+            let _ = self.events_tx.send(Arc::new(EventLine {
+                kind: e.kind(),
+                json,
+            }));
+        }
         let m = &self.metrics;
         match &e {
             Event::HintStored { .. } => m.add("hints_stored", 1),
