@@ -15,9 +15,11 @@
 //! they would be invisible forever. The node scans its store page by page (a cursor
 //! persisted with each page, so a crash resumes the scan) and stores each such
 //! key as a hint for every primary of the key in the new ring; delivery, acks and
-//! retries are hinted handoff's. Its own copy is kept (it is never the only one
-//! deleted), but no longer served. Planned transitions skip the scan: their
-//! gaining nodes pulled before activation.
+//! retries are hinted handoff's. Its own copy is deleted once the last of those
+//! owners has acknowledged a version covering it (never before: until then it may
+//! be the only copy); that holds for any hint acknowledged for a key the node does
+//! not replicate. Planned transitions skip the scan: their gaining nodes pulled
+//! before activation.
 
 use crate::id::NodeId;
 use crate::message::{Event, Message};
@@ -163,6 +165,34 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// Whether this node's own copy of `key` may go now that `owner` acked `ctx`:
+    /// the node replicates the key in neither the active nor the pending ring, no
+    /// other owner still waits for a hint of it, and the acked context covers the
+    /// copy. Then every owner holds it durably, and a stale copy kept here could
+    /// only come back later (say, after its tombstone was purged elsewhere) when
+    /// this node gains the partition again.
+    fn own_copy_handed_off(&self, key: &[u8], owner: NodeId, ctx: &VersionVector) -> bool {
+        let me = self.id;
+        let replicates = |r: Option<&crate::ring::Ring>| {
+            r.is_some_and(|r| r.primaries(r.partition_of(key)).contains(&me))
+        };
+        if self.ring.is_none()
+            || replicates(self.ring.as_ref())
+            || replicates(self.membership.pending())
+        {
+            return false;
+        }
+        let Some(mine) = self.storage.object(key) else {
+            return false;
+        };
+        ctx.descends(mine.context())
+            && self
+                .storage
+                .hint_owners()
+                .into_iter()
+                .all(|o| o == owner || self.storage.hint(o, key).is_none())
+    }
+
     fn expire_hints(&mut self, owner: NodeId) {
         let window = self.config.hint_window;
         let expired: Vec<Bytes> = self
@@ -262,6 +292,9 @@ impl<S: Storage> Node<S> {
                                 owner: from,
                                 key: key.clone(),
                             });
+                            if self.own_copy_handed_off(&key, from, &ctx) {
+                                ops.push(Op::DeleteObject { key: key.clone() });
+                            }
                             delivered.push(key);
                         }
                     }
@@ -358,6 +391,56 @@ mod tests {
             assert!(s.object(key.as_bytes()).is_some());
         }
         assert!(foreign > 0 && foreign < 300, "{foreign}");
+
+        // The own copy of a foreign key goes only when the last owner has acked it.
+        let key = (0..300u32)
+            .map(|i| format!("key-{i}"))
+            .find(|k| {
+                !after
+                    .primaries(after.partition_of(k.as_bytes()))
+                    .contains(&A)
+            })
+            .unwrap();
+        let ctx = node
+            .storage()
+            .object(key.as_bytes())
+            .unwrap()
+            .context()
+            .clone();
+        let owners = after.primaries(after.partition_of(key.as_bytes())).to_vec();
+        for (i, &o) in owners.iter().enumerate() {
+            let ack = Msg::Ack {
+                batch: 1,
+                items: vec![(Bytes::from(key.clone()), ctx.clone())],
+            };
+            node.handle_handoff_msg(o, ack);
+            let s = node.storage();
+            assert!(s.hint(o, key.as_bytes()).is_none(), "{o}'s hint delivered");
+            let last = i + 1 == owners.len();
+            assert_eq!(
+                s.object(key.as_bytes()).is_none(),
+                last,
+                "own copy after {} of {} acks",
+                i + 1,
+                owners.len()
+            );
+        }
+        // An ack for a key this node still replicates never deletes its copy.
+        let mine = (0..300u32)
+            .map(|i| format!("key-{i}"))
+            .find(|k| {
+                after
+                    .primaries(after.partition_of(k.as_bytes()))
+                    .contains(&A)
+            })
+            .unwrap();
+        let ctx = node
+            .storage()
+            .object(mine.as_bytes())
+            .unwrap()
+            .context()
+            .clone();
+        assert!(!node.own_copy_handed_off(mine.as_bytes(), NodeId(1), &ctx));
     }
 
     /// A ring this node knew as pending (it pulled for it) starts no scan.

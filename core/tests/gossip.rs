@@ -261,6 +261,34 @@ fn s7_with_data(seed: u64) {
         handed > 0,
         "seed {seed}: the losing ring handed nothing off"
     );
+    // Nodes that handed keys off no longer hold their own copies of them: every own
+    // copy left there is of a key they replicate in the final ring.
+    let handing: std::collections::BTreeSet<NodeId> = w
+        .trace()
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Event {
+                node,
+                event: Event::OwnershipHandoff { keys, .. },
+            } if *keys > 0 => Some(*node),
+            _ => None,
+        })
+        .collect();
+    for &n in &handing {
+        let node = w.node(n).unwrap();
+        let ring = node.ring().unwrap();
+        let stale: Vec<&bytes::Bytes> = node
+            .storage()
+            .objects()
+            .keys()
+            .filter(|k| !ring.primaries(ring.partition_of(k)).contains(&n))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "seed {seed}: {n} still holds {} own copies it handed off: {stale:?}",
+            stale.len()
+        );
+    }
     println!("S7 with data (seed {seed}): merged after {merged:?}; {handed} own copies handed off, 0 of 200 writes lost");
 }
 
