@@ -62,13 +62,22 @@ pub(crate) struct OrphanScan {
 const META_OWNERSHIP_HANDOFF: &str = "ownership_handoff";
 
 impl OrphanScan {
+    /// A scan from the first key (a newer unprepared ring restarts it).
+    pub(crate) fn new(ring_version: u64) -> Self {
+        OrphanScan {
+            ring_version,
+            after: None,
+        }
+    }
+
     /// The scan a previous run left unfinished, if any.
     pub(crate) fn load<S: Storage>(storage: &S) -> Option<Self> {
         let bytes = storage.meta(META_OWNERSHIP_HANDOFF)?;
         postcard::from_bytes(&bytes).ok()
     }
 
-    fn op(scan: Option<&OrphanScan>) -> Op {
+    /// The meta op that persists `scan` (`None`: no scan in progress).
+    pub(crate) fn op(scan: Option<&OrphanScan>) -> Op {
         Op::PutMeta {
             name: META_OWNERSHIP_HANDOFF.into(),
             value: scan
@@ -94,17 +103,6 @@ impl<S: Storage> Node<S> {
         }
         let next = self.now + self.config.hint_replay_interval;
         self.set_timer(next, Timer::HintReplay);
-    }
-
-    /// Starts (or restarts from the first key) the ownership handoff scan.
-    pub(crate) fn start_ownership_handoff(&mut self, ring_version: u64) {
-        let scan = OrphanScan {
-            ring_version,
-            after: None,
-        };
-        if self.commit(vec![OrphanScan::op(Some(&scan))]) {
-            self.orphan_scan = Some(scan);
-        }
     }
 
     /// Scans the next page of the store: every own copy of a key this node does

@@ -457,17 +457,20 @@ impl<S: Storage> Node<S> {
         }
         let encoded = postcard::to_allocvec(&ring).unwrap_or_default();
         let version = ring.version();
+        // Not a transition this node took part in (e.g. the other side of a logical
+        // partition won the merge): nobody pulled what it holds, so it hands off.
+        // The scan is persisted with the ring, so a crash cannot lose it.
         let prepared = self.prepared_ring == Some((version, ring.fingerprint()));
-        if self.commit(vec![Op::PutMeta {
+        let scan = (self.ring.is_some() && !prepared).then(|| handoff::OrphanScan::new(version));
+        let mut ops = vec![Op::PutMeta {
             name: META_RING.into(),
             value: encoded,
-        }]) {
-            let had_ring = self.ring.is_some();
+        }];
+        ops.extend(scan.as_ref().map(|s| handoff::OrphanScan::op(Some(s))));
+        if self.commit(ops) {
             self.ring = Some(ring);
-            if had_ring && !prepared {
-                // Not a transition this node took part in (e.g. the other side of a
-                // logical partition won the merge): nobody pulled what it holds.
-                self.start_ownership_handoff(version);
+            if scan.is_some() {
+                self.orphan_scan = scan;
             }
             self.event(Event::RingInstalled { version });
             // Only partitions this node newly replicates get a tree built.
