@@ -253,28 +253,23 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
-/// `GET /events[?kinds=hint,handoff,…]`: this node's core events as server-sent
-/// events, from the moment of the request, each `data:` line the JSON of one
-/// [`crate::driver::EventLine`]. A subscriber that falls more than
-/// [`crate::driver::EVENT_BUFFER`] events behind gets an `event: lagged` message
-/// with the number skipped and continues with the newest; the node never waits.
-async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, ApiError> {
-    use axum::response::sse::{Event as Sse, KeepAlive};
-    use tokio::sync::broadcast::error::RecvError;
-    let kinds: Option<Vec<String>> = uri.query().and_then(|q| {
+/// The `kinds=` filter of `/events`: `None` for no filter (absent or empty).
+fn parse_kinds(uri: &Uri) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(v) = uri.query().and_then(|q| {
         q.split('&')
             .filter_map(|p| p.split_once('='))
             .find(|(k, _)| *k == "kinds")
-            .map(|(_, v)| {
-                v.split(',')
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-    });
+            .map(|(_, v)| v)
+    }) else {
+        return Ok(None);
+    };
+    let kinds: Vec<String> = v
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
     if let Some(bad) = kinds
         .iter()
-        .flatten()
         .find(|k| !k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
     {
         return Err(ApiError::new(
@@ -283,6 +278,18 @@ async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, Ap
             format!("kinds={bad:?}: event kinds are lower-case words such as hint, handoff, ring"),
         ));
     }
+    Ok((!kinds.is_empty()).then_some(kinds))
+}
+
+/// `GET /events[?kinds=hint,handoff,…]`: this node's core events as server-sent
+/// events, from the moment of the request, each `data:` line the JSON of one
+/// [`crate::driver::EventLine`]. A subscriber that falls more than
+/// [`crate::driver::EVENT_BUFFER`] events behind gets an `event: lagged` message
+/// with the number skipped and continues with the newest; the node never waits.
+async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use tokio::sync::broadcast::error::RecvError;
+    let kinds = parse_kinds(&uri)?;
     let rx = s.handle.subscribe();
     let stream = futures_util::stream::unfold((rx, kinds), |(mut rx, kinds)| async move {
         loop {
@@ -616,6 +623,21 @@ async fn kv_op(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_kinds_filter_parses_and_rejects_garbage() {
+        let k = |q: &str| parse_kinds(&format!("/events{q}").parse::<Uri>().unwrap());
+        assert_eq!(k("").unwrap(), None);
+        assert_eq!(k("?kinds=").unwrap(), None);
+        assert_eq!(k("?x=1").unwrap(), None);
+        assert_eq!(
+            k("?kinds=hint,,ownership-handoff").unwrap(),
+            Some(vec!["hint".to_owned(), "ownership-handoff".to_owned()])
+        );
+        for bad in ["?kinds=Hint", "?kinds=a%20b", "?kinds=hint,x;y"] {
+            assert_eq!(k(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 
     #[test]
     fn percent_decoding() {
