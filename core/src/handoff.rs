@@ -24,7 +24,7 @@
 use crate::id::NodeId;
 use crate::message::{Event, Message};
 use crate::node::{Node, Timer};
-use crate::store::{Hint, Op, Storage};
+use crate::store::{Op, Storage};
 use crate::time::Time;
 use crate::version::{Object, VersionVector};
 use bytes::Bytes;
@@ -123,21 +123,10 @@ impl<S: Storage> Node<S> {
             }
             keys += 1;
             for &owner in owners {
-                let hint = match self.storage.hint(owner, key) {
-                    Some(mut h) => {
-                        h.object.merge(object);
-                        h
-                    }
-                    None => Hint {
-                        object: object.clone(),
-                        stored_at: self.now,
-                    },
-                };
-                ops.push(Op::PutHint {
-                    owner,
-                    key: key.clone(),
-                    hint,
-                });
+                // Merged into any hint already held, keeping its window start.
+                let mut hint = self.local_copy(key, Some(owner));
+                hint.merge(object);
+                ops.push(self.store_op(key, hint, Some(owner)));
             }
         }
         let hints = ops.len();
@@ -390,21 +379,29 @@ mod tests {
         }
         assert!(foreign > 0 && foreign < 300, "{foreign}");
 
+        // The first key A does (or does not) replicate, and A's context for it.
+        let first_key = |replicated: bool| {
+            (0..300u32)
+                .map(|i| format!("key-{i}"))
+                .find(|k| {
+                    after
+                        .primaries(after.partition_of(k.as_bytes()))
+                        .contains(&A)
+                        == replicated
+                })
+                .unwrap()
+        };
+        let ctx_of = |node: &Node<MemStorage>, k: &str| {
+            node.storage()
+                .object(k.as_bytes())
+                .unwrap()
+                .context()
+                .clone()
+        };
+
         // The own copy of a foreign key goes only when the last owner has acked it.
-        let key = (0..300u32)
-            .map(|i| format!("key-{i}"))
-            .find(|k| {
-                !after
-                    .primaries(after.partition_of(k.as_bytes()))
-                    .contains(&A)
-            })
-            .unwrap();
-        let ctx = node
-            .storage()
-            .object(key.as_bytes())
-            .unwrap()
-            .context()
-            .clone();
+        let key = first_key(false);
+        let ctx = ctx_of(&node, &key);
         let owners = after.primaries(after.partition_of(key.as_bytes())).to_vec();
         for (i, &o) in owners.iter().enumerate() {
             let ack = Msg::Ack {
@@ -424,20 +421,8 @@ mod tests {
             );
         }
         // An ack for a key this node still replicates never deletes its copy.
-        let mine = (0..300u32)
-            .map(|i| format!("key-{i}"))
-            .find(|k| {
-                after
-                    .primaries(after.partition_of(k.as_bytes()))
-                    .contains(&A)
-            })
-            .unwrap();
-        let ctx = node
-            .storage()
-            .object(mine.as_bytes())
-            .unwrap()
-            .context()
-            .clone();
+        let mine = first_key(true);
+        let ctx = ctx_of(&node, &mine);
         assert!(!node.own_copy_handed_off(mine.as_bytes(), NodeId(1), &ctx));
     }
 

@@ -529,7 +529,7 @@ impl<S: Storage> Node<S> {
     }
 
     /// What this node holds for `key` in the role `hint` (own copy or a hint).
-    fn local_copy(&self, key: &[u8], hint: Option<NodeId>) -> Object {
+    pub(crate) fn local_copy(&self, key: &[u8], hint: Option<NodeId>) -> Object {
         match hint {
             None => self.storage.object(key),
             Some(owner) => self.storage.hint(owner, key).map(|h| h.object),
@@ -538,7 +538,7 @@ impl<S: Storage> Node<S> {
     }
 
     /// The storage op that merges `object` into this node's copy or its hints.
-    fn store_op(&self, key: &Bytes, object: Object, hint: Option<NodeId>) -> Op {
+    pub(crate) fn store_op(&self, key: &Bytes, object: Object, hint: Option<NodeId>) -> Op {
         match hint {
             Some(owner) if owner != self.id => {
                 let stored_at = self

@@ -255,12 +255,7 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
 
 /// The `kinds=` filter of `/events`: `None` for no filter (absent or empty).
 fn parse_kinds(uri: &Uri) -> Result<Option<Vec<String>>, ApiError> {
-    let Some(v) = uri.query().and_then(|q| {
-        q.split('&')
-            .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| *k == "kinds")
-            .map(|(_, v)| v)
-    }) else {
+    let Some(v) = query_values(uri, "kinds").next() else {
         return Ok(None);
     };
     let kinds: Vec<String> = v
@@ -369,17 +364,21 @@ fn parse_key(uri: &Uri, limits: &Limits) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(bytes))
 }
 
+/// The values of query parameter `name`, in order (`name` alone counts as empty).
+fn query_values<'a>(uri: &'a Uri, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .filter(move |(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// Reads `r=` or `w=` from the query (other parameters are ignored).
 fn parse_quorum(uri: &Uri, name: &str, n: usize) -> Result<Option<usize>, ApiError> {
-    let Some(q) = uri.query() else {
-        return Ok(None);
-    };
     let mut found = None;
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k != name {
-            continue;
-        }
+    for v in query_values(uri, name) {
         let value = v.parse::<usize>().ok().filter(|v| (1..=n).contains(v));
         match value {
             Some(v) => found = Some(v),

@@ -45,6 +45,19 @@ fn still_serves(c: &Cluster, i: usize, key: &str) {
     );
 }
 
+/// Opens `n` connections to `peer`, each sending a 200-byte frame of junk where a
+/// handshake should be.
+fn send_junk_handshakes(peer: std::net::SocketAddr, n: usize) {
+    let junk: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+    for _ in 0..n {
+        if let Ok(mut s) = TcpStream::connect(peer) {
+            let _ = s.write_all(&(junk.len() as u32).to_be_bytes());
+            let _ = s.write_all(&junk);
+            let _ = s.flush();
+        }
+    }
+}
+
 #[test]
 fn wrong_key_peer_and_garbage_are_rejected() {
     let mut c = Cluster::start(3, ClusterOpts::fast());
@@ -66,14 +79,7 @@ fn wrong_key_peer_and_garbage_are_rejected() {
         );
     }
     // … and a small frame of random bytes where a handshake should be.
-    for _ in 0..3 {
-        if let Ok(mut s) = TcpStream::connect(peer) {
-            let junk: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
-            let _ = s.write_all(&(junk.len() as u32).to_be_bytes());
-            let _ = s.write_all(&junk);
-            let _ = s.flush();
-        }
-    }
+    send_junk_handshakes(peer, 3);
     wait_for(
         "A to count the garbage in ringlab_frames_rejected_total",
         Duration::from_secs(10),
@@ -94,14 +100,7 @@ fn wrong_key_peer_and_garbage_are_rejected() {
     };
     let (before, lines_before) = (rejected(&c, 0), log_lines(&c));
     let flood = 300;
-    for _ in 0..flood {
-        if let Ok(mut s) = TcpStream::connect(peer) {
-            let junk: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
-            let _ = s.write_all(&(junk.len() as u32).to_be_bytes());
-            let _ = s.write_all(&junk);
-            let _ = s.flush();
-        }
-    }
+    send_junk_handshakes(peer, flood);
     wait_for(
         "A to count every frame of the flood",
         Duration::from_secs(20),
