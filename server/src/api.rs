@@ -1,7 +1,7 @@
 //! The client HTTP API (axum), in the spirit of Riak's HTTP API and Garage K2V.
 //!
 //! `PUT|GET|DELETE /kv/{key}`, `GET /cluster`, `GET /health`, `GET /metrics`,
-//! `POST /admin/leave`. Handlers never touch the `Node`: they submit commands to
+//! `GET /events`, `POST /admin/leave`, `POST /admin/remove/{id}`. Handlers never touch the `Node`: they submit commands to
 //! the node task through a [`Handle`] and read its published snapshot. Every error
 //! is JSON `{"error": kind, "message": …, "needed": …, "got": …}`. Client limits
 //! (key and value size, header and body read time) apply here only, never to
@@ -10,13 +10,14 @@
 use crate::config::Limits;
 use crate::driver::{has_left, ClientResult, Handle, SubmitError};
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 use base64::Engine as _;
-use ringlab_core::{Admin, ClientOp, ClientReply, RequestError, VersionVector};
+use ringlab_core::{Admin, ClientOp, ClientReply, NodeId, RequestError, VersionVector};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +127,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/events", get(events))
         .route("/admin/leave", post(leave))
+        .route("/admin/remove/{id}", post(remove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(Arc::new(state))
@@ -316,6 +318,62 @@ async fn leave(State(s): State<Arc<ApiState>>) -> Result<Response, ApiError> {
         axum::Json(serde_json::json!({
             "status": "leaving",
             "message": "partitions are being handed over; the node stops serving once it has left",
+        })),
+    )
+        .into_response())
+}
+
+/// Takes a dead member out of the ring (Riak's `force-remove`, Cassandra's
+/// `removenode`): its partitions are reassigned and their new owners pull them from
+/// the surviving replicas. Refused for a member this node can reach — a live node
+/// should leave, handing its data over itself — and for this node (use leave).
+async fn remove(
+    State(s): State<Arc<ApiState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = id.map(|Path(id)| id).unwrap_or_default();
+    let node = NodeId::parse(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_node",
+            format!("{id:?} is not a node id"),
+        )
+    })?;
+    let view = s.handle.view();
+    if node.name() == view.node {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "remove_self",
+            "a node cannot remove itself: POST /admin/leave hands its data over",
+        ));
+    }
+    let Some(member) = view.nodes.iter().find(|m| m.id == node.name()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_node",
+            format!("{node} is not a member of this node's cluster view"),
+        ));
+    };
+    match member.status.as_str() {
+        "unreachable" | "dead" | "removed" => {}
+        status => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "node_not_down",
+                format!(
+                    "{node} is {status} as seen from here; only a node this node cannot \
+                     reach may be removed (a live node leaves with POST /admin/leave)"
+                ),
+            ))
+        }
+    }
+    s.handle.admin(Admin::Remove { node }).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "node": node.name(),
+            "status": "removed",
+            "message": "its partitions are reassigned and rebuilt from the other replicas",
         })),
     )
         .into_response())

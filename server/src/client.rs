@@ -1,4 +1,4 @@
-//! The CLI clients: `ringlab put|get|delete|status --node http://HOST:PORT`.
+//! The CLI clients: `ringlab put|get|delete|status|leave|remove --node http://HOST:PORT`.
 //! They speak the HTTP API and print its JSON errors plainly; any failure exits
 //! non-zero.
 
@@ -56,6 +56,16 @@ pub struct DeleteArgs {
     /// Write quorum for this request (1..=N).
     #[arg(long)]
     pub w: Option<usize>,
+    #[command(flatten)]
+    pub node: NodeArg,
+}
+
+/// `ringlab remove`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RemoveArgs {
+    /// Id of the dead member to take out of the ring (e.g. `D`).
+    pub id: String,
+    /// HTTP address of a running node (not the one removed).
     #[command(flatten)]
     pub node: NodeArg,
 }
@@ -202,6 +212,27 @@ pub async fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
         return Ok(report_error(r).await);
     }
     println!("deleted");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ringlab leave`: decommissions the node (`POST /admin/leave`).
+pub async fn leave(a: NodeArg) -> anyhow::Result<ExitCode> {
+    admin(&a.node, "leave").await
+}
+
+/// `ringlab remove ID`: takes a dead member out of the ring (`POST /admin/remove/ID`).
+pub async fn remove(a: RemoveArgs) -> anyhow::Result<ExitCode> {
+    admin(&a.node.node, &format!("remove/{}", encode_key(&a.id))).await
+}
+
+async fn admin(node: &str, path: &str) -> anyhow::Result<ExitCode> {
+    let base = node.trim_end_matches('/');
+    let r = send(node, http()?.post(format!("{base}/admin/{path}"))).await?;
+    if !r.status().is_success() {
+        return Ok(report_error(r).await);
+    }
+    let v: Value = r.json().await.context("reading the answer")?;
+    println!("{}", v["message"].as_str().unwrap_or("accepted"));
     Ok(ExitCode::SUCCESS)
 }
 

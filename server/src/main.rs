@@ -1,5 +1,5 @@
 //! `ringlab`: run a node (`serve`), talk to one (`put`, `get`, `delete`,
-//! `status`), make a cluster key (`keygen`), start a local 5-node cluster
+//! `status`, `leave`, `remove`), make a cluster key (`keygen`), start a local 5-node cluster
 //! (`demo`), or load-test (`bench`).
 
 /// Every message, request and reply allocates; mimalloc is faster at this pattern
@@ -32,6 +32,11 @@ enum Cmd {
     Delete(client::DeleteArgs),
     /// Show a node's view of the cluster.
     Status(client::NodeArg),
+    /// Decommission a node: its partitions stream to their new owners, then it stops serving.
+    Leave(client::NodeArg),
+    /// Take a dead node out of the ring, asked at a running node: `ringlab remove D`.
+    /// Its partitions are reassigned and rebuilt from the other replicas.
+    Remove(client::RemoveArgs),
     /// Print a new cluster key file: `ringlab keygen > cluster.key`.
     Keygen,
     /// Start a local cluster of nodes (separate processes) on 127.0.0.1; Ctrl-C stops it.
@@ -99,6 +104,8 @@ fn main() -> ExitCode {
             Cmd::Get(a) => client::get(a).await,
             Cmd::Delete(a) => client::delete(a).await,
             Cmd::Status(a) => client::status(a).await,
+            Cmd::Leave(a) => client::leave(a).await,
+            Cmd::Remove(a) => client::remove(a).await,
             Cmd::Demo(a) => {
                 demo::run(a).await?;
                 Ok(ExitCode::SUCCESS)
