@@ -822,6 +822,9 @@ impl<S: Storage> Node<S> {
         let Some(active) = self.membership.ring() else {
             return;
         };
+        // Version the next plan must outrank: the pending ring's when that plan is
+        // abandoned, the active ring's otherwise.
+        let mut floor = active.version();
         if let Some(pending) = self.membership.pending() {
             let all_ready = gaining(active, pending).iter().all(|id| {
                 self.membership
@@ -838,14 +841,28 @@ impl<S: Storage> Node<S> {
                     ..Delta::default()
                 };
                 self.absorb(delta, None);
+                return;
             }
-            return;
+            // A plan waits for every gaining node to pull. One that names a member
+            // taken out since (it died mid-pull and an administrator removed it)
+            // would wait forever: plan again from the active ring instead. Writes
+            // sent to pending owners were never counted toward W, so dropping the
+            // plan loses nothing; nodes that already pulled for it pull again.
+            let abandoned = pending.members().any(|(id, _)| {
+                self.membership
+                    .get(id)
+                    .is_some_and(|m| matches!(m.status, Status::Removed | Status::Left))
+            });
+            if !abandoned {
+                return;
+            }
+            floor = pending.version();
         }
         let wanted = self.membership.members().any(|m| match m.status {
             Status::Joining | Status::Up => !active.contains(m.id),
             Status::Leaving | Status::Left | Status::Removed => active.contains(m.id),
         });
-        if !wanted {
+        if !wanted && floor == active.version() {
             return;
         }
         let active = active.clone();
@@ -863,6 +880,11 @@ impl<S: Storage> Node<S> {
             if let Ok(r) = result {
                 next = r;
             }
+        }
+        if floor > active.version() && next.version() <= floor {
+            // Replanning: possibly the active ownership itself (the abandoned plan's
+            // only change was the removed member), which then activates at once.
+            next = next.with_version(floor + 1);
         }
         if next.version() > active.version() {
             self.event(Event::RingProposed {

@@ -368,6 +368,15 @@ impl Ring {
         Ring::from_parts(self.version + 1, self.n, owners, zones)
     }
 
+    /// The same ownership under another version: a plan that supersedes a newer
+    /// pending ring must outrank it, or gossip would keep the older plan.
+    pub fn with_version(&self, version: u64) -> Ring {
+        Ring {
+            version,
+            ..self.clone()
+        }
+    }
+
     /// The ring after `id` leaves: exactly its partitions move, to the members
     /// that keep the ring balanced and spaced. Version + 1.
     pub fn with_removed(&self, id: NodeId) -> Result<Ring, RingError> {

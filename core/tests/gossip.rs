@@ -474,3 +474,89 @@ fn a_partitioned_minority_rejoins() {
     assert!(took.is_some());
     assert!(w.now() > Time(0));
 }
+
+/// S8 step 3 during a join: F dies while it pulls the partitions it gains, so the
+/// pending ring can never activate (it waits for F's `ready`). Nothing moves on the
+/// crash alone; once an administrator removes F, the claimant plans again from the
+/// active ring and the cluster settles on a ring without F. No write is lost.
+#[test]
+fn a_joiner_that_dies_mid_pull_is_removed_and_the_ring_moves_on() {
+    for seed in 1..=(seeds() / 30).max(3) {
+        joiner_dies_mid_pull(seed);
+    }
+}
+
+fn seeds() -> u64 {
+    std::env::var("RINGLAB_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100)
+}
+
+fn joiner_dies_mid_pull(seed: u64) {
+    let mut w = World::new(SimConfig::new(seed, 5, 1)).unwrap();
+    w.apply(Action::SetWorkload(Some(Workload {
+        interval: Dur::millis(20),
+        keys: 40,
+        ..Workload::default()
+    })));
+    w.run_for(Dur::secs(3));
+    let before = w.ring().clone();
+    w.apply(Action::AddNode { zone: "z1".into() });
+    let f = NodeId(5);
+    admin(&mut w, f, Admin::Join { contact: A });
+    // Crash F as soon as a plan that includes it exists, before it has pulled.
+    let pending_with_f = |w: &World| {
+        w.node(A)
+            .unwrap()
+            .membership()
+            .pending()
+            .is_some_and(|p| p.contains(f))
+    };
+    let start = w.now();
+    while !pending_with_f(&w) {
+        assert!(
+            w.now().since(start) < Dur::secs(10),
+            "seed {seed}: no plan for F"
+        );
+        w.run_for(Dur::millis(1));
+    }
+    let planned = w.node(A).unwrap().membership().pending().unwrap().version();
+    let f_ready = w.node(A).unwrap().membership().get(f).unwrap().ready;
+    assert!(f_ready < planned, "seed {seed}: F pulled before the crash");
+    w.apply(Action::Crash(f));
+    w.run_for(Dur::secs(5));
+    assert_eq!(
+        w.node(A).unwrap().membership().pending().map(Ring::version),
+        Some(planned),
+        "seed {seed}: the plan waits for F (a crash alone moves nothing)"
+    );
+    assert_eq!(w.ring(), &before, "seed {seed}: nothing activated");
+    // The administrator removes F; the cluster must move on without it.
+    admin(&mut w, B, Admin::Remove { node: f });
+    let took = run_until(&mut w, Dur::secs(30), |w| {
+        running(w).iter().all(|&n| {
+            let m = w.node(n).unwrap().membership();
+            m.pending().is_none()
+                && m.ring()
+                    .is_some_and(|r| r.version() > planned && !r.contains(f))
+        })
+    });
+    assert!(
+        took.is_some(),
+        "seed {seed}: the abandoned plan is replaced (A sees pending {:?}, ring {:?})",
+        w.node(A).unwrap().membership().pending().map(Ring::version),
+        w.node(A).unwrap().membership().ring().map(Ring::version)
+    );
+    assert_eq!(
+        w.ring().moved_partitions(&before),
+        0,
+        "seed {seed}: F was the only change, so ownership is as before"
+    );
+    w.apply(Action::SetWorkload(None));
+    run_until(&mut w, Dur::secs(60), |w| {
+        w.divergent_partitions().is_empty()
+    })
+    .unwrap_or_else(|| panic!("seed {seed}: replicas converge"));
+    assert_no_acked_write_lost(&mut w);
+}

@@ -175,6 +175,12 @@ fn a_dead_node_is_removed_and_its_partitions_are_rebuilt() {
         .post(&format!("{}/admin/remove/A", c.url(0)))
         .expect("remove");
     assert_eq!(r.status, 400, "a node removing itself: {r:?}");
+    let r = c
+        .http
+        .post(&format!("{}/admin/remove/%FF%00", c.url(0)))
+        .expect("remove");
+    assert_eq!(r.status, 400, "a malformed id: {r:?}");
+    assert_eq!(r.json()["error"], "invalid_node", "{r:?}");
 
     // D's disk is gone for good; nothing moves until an administrator says so.
     c.kill9(3);
