@@ -29,6 +29,7 @@ use crate::time::Time;
 use crate::version::{Object, VersionVector};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Handoff messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +117,10 @@ impl<S: Storage> Node<S> {
         let page = self.storage.objects_after(scan.after.as_deref(), limit);
         let done = page.len() < limit;
         let (mut ops, mut keys) = (Vec::new(), 0);
+        // Hint count and bytes per owner after this page: the page waits (the scan
+        // stays where it is) rather than take an owner past its hint limits, so a
+        // large handoff drains through delivery instead of filling the disk.
+        let mut usage: BTreeMap<NodeId, (usize, usize)> = BTreeMap::new();
         for (key, object) in &page {
             let owners = ring.primaries(ring.partition_of(key));
             if owners.contains(&self.id) {
@@ -124,8 +129,20 @@ impl<S: Storage> Node<S> {
             keys += 1;
             for &owner in owners {
                 // Merged into any hint already held, keeping its window start.
-                let mut hint = self.local_copy(key, Some(owner));
+                let existing = self.storage.hint(owner, key).map(|h| h.object);
+                let (count, bytes) = usage
+                    .entry(owner)
+                    .or_insert_with(|| self.storage.hint_usage(owner));
+                let old_bytes = existing.as_ref().map_or(0, Object::value_bytes);
+                *count += usize::from(existing.is_none());
+                let mut hint = existing.unwrap_or_default();
                 hint.merge(object);
+                *bytes = bytes.saturating_sub(old_bytes) + hint.value_bytes();
+                if *count > self.config.max_hints_per_owner
+                    || *bytes > self.config.max_hint_bytes_per_owner
+                {
+                    return;
+                }
                 ops.push(self.store_op(key, hint, Some(owner)));
             }
         }
@@ -318,17 +335,8 @@ mod tests {
         (before, after)
     }
 
-    /// A node holding 300 keys adopts, unprepared, a ring in which it replicates
-    /// fewer partitions; it crashes after the first page and resumes from the
-    /// persisted cursor. In the end every key it no longer replicates is a hint for
-    /// each of its new primaries, and nothing else is.
-    #[test]
-    fn ownership_handoff_hints_every_foreign_key_and_resumes_after_a_crash() {
-        let (before, after) = rings();
-        let cfg = Config {
-            hint_batch: 4,
-            ..Config::demo()
-        };
+    /// 300 keys written by A, as one batch.
+    fn store_300() -> MemStorage {
         let mut storage = MemStorage::new();
         let mut ops = Vec::new();
         for i in 0..300u32 {
@@ -344,7 +352,69 @@ mod tests {
             });
         }
         storage.apply(Batch { ops }).unwrap();
-        let mut node = Node::new(A, cfg.clone(), Some(before), storage, 1, Time(0));
+        storage
+    }
+
+    /// The scan never takes an owner past `max_hints_per_owner`: it stops where it
+    /// is until delivery makes room, then goes on, and in the end has hinted every
+    /// foreign key to each of its owners all the same.
+    #[test]
+    fn ownership_handoff_waits_for_room_under_the_hint_limit() {
+        let (before, after) = rings();
+        let cfg = Config {
+            hint_batch: 4,
+            max_hints_per_owner: 40,
+            ..Config::demo()
+        };
+        let mut node = Node::new(A, cfg, Some(before), store_300(), 1, Time(0));
+        node.handle_input(Time(1), Input::Admin(Admin::SetRing(after.clone())));
+        let mut hinted = std::collections::BTreeSet::new();
+        let mut rounds = 0;
+        while node.ownership_handoff_in_progress() {
+            rounds += 1;
+            assert!(rounds < 100, "the scan never ends");
+            for _ in 0..10 {
+                node.ownership_handoff_step();
+            }
+            // Delivery, stood in for: every hint held is recorded and deleted.
+            let mut ops = Vec::new();
+            for o in (0..6).map(NodeId) {
+                let held = node.storage().hints_for(o, usize::MAX);
+                assert!(held.len() <= 40, "{o} holds {} hints", held.len());
+                for (key, _) in held {
+                    hinted.insert((o, key.clone()));
+                    ops.push(Op::DeleteHint { owner: o, key });
+                }
+            }
+            node.storage_mut().apply(Batch { ops }).unwrap();
+        }
+        assert!(rounds > 2, "the limit paused the scan ({rounds} rounds)");
+        let want: std::collections::BTreeSet<(NodeId, Bytes)> = (0..300u32)
+            .map(|i| Bytes::from(format!("key-{i}")))
+            .flat_map(|k| {
+                let owners = after.primaries(after.partition_of(&k)).to_vec();
+                let foreign = !owners.contains(&A);
+                owners
+                    .into_iter()
+                    .filter(move |_| foreign)
+                    .map(move |o| (o, k.clone()))
+            })
+            .collect();
+        assert_eq!(hinted, want);
+    }
+
+    /// A node holding 300 keys adopts, unprepared, a ring in which it replicates
+    /// fewer partitions; it crashes after the first page and resumes from the
+    /// persisted cursor. In the end every key it no longer replicates is a hint for
+    /// each of its new primaries, and nothing else is.
+    #[test]
+    fn ownership_handoff_hints_every_foreign_key_and_resumes_after_a_crash() {
+        let (before, after) = rings();
+        let cfg = Config {
+            hint_batch: 4,
+            ..Config::demo()
+        };
+        let mut node = Node::new(A, cfg.clone(), Some(before), store_300(), 1, Time(0));
         node.handle_input(Time(1), Input::Admin(Admin::SetRing(after.clone())));
         assert!(node.ownership_handoff_in_progress());
         node.ownership_handoff_step();
