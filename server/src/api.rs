@@ -36,6 +36,8 @@ pub struct ApiState {
     pub n: usize,
     /// How long a handler waits for the node's answer (the core's request timeout plus slack).
     pub reply_timeout: Duration,
+    /// Origins whose browser pages may read the observation routes (`*`: any).
+    pub allow_origins: Vec<String>,
 }
 
 /// A JSON error body.
@@ -118,19 +120,54 @@ impl From<SubmitError> for ApiError {
 
 /// The router with every route and JSON fallbacks.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/kv", any(missing_key))
-        .route("/kv/", any(missing_key))
-        .route("/kv/{*key}", any(kv))
+    let state = Arc::new(state);
+    // Read-only observation routes, which a browser page (the explorer's Live tab)
+    // may read cross-origin when the origin is allowed. The CORS layer stays off
+    // the /kv path and the admin routes.
+    let observe = Router::new()
         .route("/cluster", get(cluster))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            allow_origin,
+        ));
+    Router::new()
+        .route("/kv", any(missing_key))
+        .route("/kv/", any(missing_key))
+        .route("/kv/{*key}", any(kv))
+        .merge(observe)
         .route("/admin/leave", post(leave))
         .route("/admin/remove/{id}", post(remove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::new(state))
+        .with_state(state)
+}
+
+/// Adds `Access-Control-Allow-Origin` (echoing the request's `Origin`) when that
+/// origin is allowed. These are simple GETs, so browsers send no preflight.
+async fn allow_origin(
+    State(s): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = req
+        .headers()
+        .get(axum::http::header::ORIGIN)
+        .filter(|o| {
+            s.allow_origins
+                .iter()
+                .any(|a| a == "*" || a.as_bytes() == o.as_bytes())
+        })
+        .cloned();
+    let mut resp = next.run(req).await;
+    if let Some(origin) = origin {
+        let h = resp.headers_mut();
+        h.insert(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.append(axum::http::header::VARY, HeaderValue::from_static("origin"));
+    }
+    resp
 }
 
 /// Client connections served at once; more are answered 503 and closed, so idle

@@ -103,6 +103,12 @@ pub struct ServeArgs {
     /// R=2, but a slow replica delays the read) [default: all].
     #[arg(long, value_enum)]
     pub read_fanout: Option<Fanout>,
+    /// Comma-separated origins (`http://host:port`, or `*`) whose pages may read
+    /// this node's GET /events, /cluster, /health and /metrics from a browser — e.g.
+    /// the explorer's Live tab served at http://127.0.0.1:8080. Writes and admin
+    /// routes never get CORS headers [default: none].
+    #[arg(long, value_name = "ORIGIN,...", value_delimiter = ',')]
+    pub allow_origin: Option<Vec<String>>,
 }
 
 /// `--read-fanout` values.
@@ -145,9 +151,10 @@ struct FileConfig {
     client_read_timeout_secs: Option<u64>,
     threads: Option<usize>,
     read_fanout: Option<Fanout>,
+    allow_origin: Option<Seeds>,
 }
 
-/// Seeds as a TOML list or one comma-separated string.
+/// Seeds (or origins) as a TOML list or one comma-separated string.
 #[derive(Deserialize, Debug)]
 #[serde(untagged)]
 enum Seeds {
@@ -214,6 +221,8 @@ pub struct ServeConfig {
     pub peer_queue: usize,
     /// Runtime threads (1: a current-thread runtime).
     pub threads: usize,
+    /// Origins allowed to read the observation routes from a browser (`*`: any).
+    pub allow_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -342,6 +351,23 @@ impl ServeArgs {
         if !(1..=1024).contains(&threads) {
             bail!("--threads must be between 1 and 1024, got {threads}");
         }
+        let allow_origins: Vec<String> = self
+            .allow_origin
+            .or(file.allow_origin.map(Seeds::into_vec))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for o in &allow_origins {
+            let ok = o == "*"
+                || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.contains(char::is_whitespace)
+                    && axum::http::HeaderValue::from_str(o).is_ok());
+            if !ok {
+                bail!("--allow-origin: {o:?} is not an origin (http://host:port, https://… or *)");
+            }
+        }
         Ok(ServeConfig {
             id,
             peer_addr,
@@ -362,6 +388,7 @@ impl ServeArgs {
             max_queued_requests,
             peer_queue,
             threads,
+            allow_origins,
         })
     }
 }
@@ -401,6 +428,24 @@ mod tests {
         assert_eq!(c.seeds, vec!["a:1".to_string(), "b:2".to_string()]);
         assert_eq!(c.core.heartbeat_interval, Dur::millis(100));
         assert_eq!(c.limits.max_value_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_normalised() {
+        let with = |o: &[&str]| {
+            ServeArgs {
+                allow_origin: Some(o.iter().map(|s| s.to_string()).collect()),
+                ..args()
+            }
+            .resolve()
+        };
+        let c = with(&["http://127.0.0.1:8080/", " * ", ""]).unwrap();
+        assert_eq!(c.allow_origins, vec!["http://127.0.0.1:8080", "*"]);
+        assert!(args().resolve().unwrap().allow_origins.is_empty());
+        for bad in ["127.0.0.1:8080", "ftp://x", "http://a b", "https//x"] {
+            let e = with(&[bad]).unwrap_err().to_string();
+            assert!(e.contains("--allow-origin"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -44,6 +44,9 @@ struct DemoNode {
     child: Child,
 }
 
+/// Origins of the explorer as `web/serve.sh` serves it.
+const EXPLORER_ORIGINS: &str = "http://127.0.0.1:8080,http://localhost:8080";
+
 /// Runs the demo until Ctrl-C.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !(1..=26).contains(&args.nodes) {
@@ -77,6 +80,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .arg(&key_file)
                 .args(["--n", &n.to_string(), "--r", &n.min(2).to_string()])
                 .args(["--w", &n.min(2).to_string()])
+                // The explorer (web/serve.sh, port 8080) may attach to the live events.
+                .args(["--allow-origin", EXPLORER_ORIGINS])
                 .kill_on_drop(true)
                 .stdin(Stdio::null());
             if !args.logs {
@@ -125,6 +130,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  curl -s http://{first}/cluster");
     println!("  curl -s http://{first}/metrics | grep ringlab_hints_pending");
     println!("  ringlab status --node http://{first}");
+    println!("  curl -N http://{first}/events");
+    println!(
+        "\nLive view: run `bash web/serve.sh`, open http://127.0.0.1:8080/, tab Live, \
+         node http://{first}"
+    );
     if !args.logs {
         println!("\nLogs: {}/<id>.log", dir.display());
     }

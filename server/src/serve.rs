@@ -113,6 +113,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         n: cfg.core.n,
         reply_timeout: Duration::from_millis(cfg.core.request_timeout.as_millis())
             + Duration::from_secs(5),
+        allow_origins: cfg.allow_origins.clone(),
     };
     let http = tokio::spawn(api::serve(
         http_listener,

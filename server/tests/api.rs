@@ -53,6 +53,7 @@ async fn start(limits: Limits) -> Server {
         limits,
         n: 1,
         reply_timeout: Duration::from_secs(5),
+        allow_origins: vec!["http://127.0.0.1:8080".into()],
     };
     tokio::spawn(api::serve(
         listener,
@@ -193,6 +194,61 @@ async fn put_get_delete_and_siblings_round_trip() {
     assert!(text.contains("ringlab_frames_rejected_total{reason=\"bad_mac\"} 0"));
     assert!(text.contains("ringlab_requests_total{op=\"get\",outcome=\"siblings\"} 1"));
     assert!(text.contains("ringlab_requests_total{op=\"put\",outcome=\"ok\"} 6"));
+}
+
+/// An allowed origin may read the observation routes from a browser; other origins,
+/// and the key-value and admin routes, get no CORS header.
+#[tokio::test]
+async fn only_allowed_origins_may_read_the_observation_routes() {
+    let s = start(small_limits()).await;
+    let c = &s.client;
+    let acao = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let allowed = "http://127.0.0.1:8080";
+    for path in ["/cluster", "/health", "/metrics"] {
+        let r = c
+            .get(format!("{}{path}", s.base))
+            .header("Origin", allowed)
+            .send()
+            .await
+            .unwrap();
+        // (/health may still say 503 while the one-node ring settles: the header
+        // is there either way.)
+        assert_eq!(acao(&r).as_deref(), Some(allowed), "{path}");
+        let r = c
+            .get(format!("{}{path}", s.base))
+            .header("Origin", "http://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(acao(&r), None, "{path} for another origin");
+    }
+    let r = c
+        .get(format!("{}/events", s.base))
+        .header("Origin", allowed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(acao(&r).as_deref(), Some(allowed), "/events");
+    drop(r);
+    let r = c
+        .get(format!("{}/kv/k", s.base))
+        .header("Origin", allowed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acao(&r), None, "/kv is not readable cross-origin");
+    let r = c
+        .post(format!("{}/admin/leave", s.base))
+        .header("Origin", allowed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acao(&r), None, "admin routes get no CORS header");
 }
 
 #[tokio::test]
