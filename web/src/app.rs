@@ -474,6 +474,9 @@ impl Component for App {
         if sim.scenario().guide.is_none() && sim.scenario().actions.len() <= 1 {
             ui.playing = true;
         }
+        if crate::live::live_param().is_some() {
+            ui.tab = Tab::Live; // `?live=URL`: open attached to that node
+        }
         App {
             sim,
             ui,
@@ -661,7 +664,10 @@ impl Component for App {
                             Tab::Merkle => self.merkle(link),
                             Tab::Members => self.members(),
                             Tab::Settings => self.settings(link),
+                            Tab::Live => html! {},
                         } }
+                        // Kept mounted while other tabs show, so the stream stays attached.
+                        <div hidden={self.ui.tab != Tab::Live}><crate::live::LiveView /></div>
                     </div>
                 </div>
             </div>
@@ -1447,7 +1453,7 @@ fn action_text(a: &Action) -> String {
     }
 }
 
-fn event_text(e: &ringlab_core::Event) -> String {
+pub(crate) fn event_text(e: &ringlab_core::Event) -> String {
     use ringlab_core::Event as E;
     let k = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
     match e {
@@ -1482,6 +1488,65 @@ fn event_text(e: &ringlab_core::Event) -> String {
             status,
             generation,
         } => format!("learned {member} is {status} (gen {generation})"),
-        other => format!("{other:?}"),
+        E::RequestStarted {
+            req,
+            key,
+            op,
+            targets,
+        } => {
+            let to: Vec<String> = targets
+                .iter()
+                .map(|(n, hint)| match hint {
+                    Some(o) => format!("{n} (for {o})"),
+                    None => n.to_string(),
+                })
+                .collect();
+            format!("starts {op} #{} of {} → {}", req.0, k(key), to.join(", "))
+        }
+        E::Forwarded { req, to } => format!("forwards request #{} to {to}", req.0),
+        E::HintDropped { owner, key, reason } => {
+            format!("dropped the hint for {owner} ({}): {reason}", k(key))
+        }
+        E::HintRefused { owner, key } => {
+            format!("refused a hint for {owner} ({}): hint store full", k(key))
+        }
+        E::ReadRepair { key, replicas } => {
+            let to: Vec<String> = replicas.iter().map(ToString::to_string).collect();
+            format!("read repair of {} → {}", k(key), to.join(", "))
+        }
+        E::TombstonePurged { key } => format!("purged the tombstone of {}", k(key)),
+        E::PeerSuspected { peer } => format!("suspects {peer}"),
+        E::MessageIgnored { from, reason } => format!("ignored a message from {from}: {reason}"),
+        E::StorageFailed { error } => format!("storage failed: {error}"),
+        E::MerkleExchangeStarted { peer, partition } => {
+            format!("Merkle exchange with {peer} on p{partition}")
+        }
+        E::MerkleLevelCompared {
+            peer,
+            partition,
+            differing,
+        } => format!("p{partition} vs {peer}: {differing} differing node(s) at this level"),
+        E::MerkleKeysRepaired {
+            peer,
+            partition,
+            n,
+            bytes,
+        } => format!("repaired {n} key(s) of p{partition} from {peer} ({bytes} B)"),
+        E::MerkleInSync { peer, partition } => format!("p{partition} in sync with {peer}"),
+        E::MerkleTreesBuilt { count } => format!("built {count} Merkle tree(s)"),
+        E::PartitionPulled {
+            from,
+            partition,
+            keys,
+            done,
+        } => format!(
+            "pulled {keys} key(s) of p{partition} from {from}{}",
+            if *done { " (done)" } else { "" }
+        ),
+        E::RingProposed { version, moved } => {
+            format!("proposes ring v{version} ({moved} partition(s) move)")
+        }
+        E::RingActivated { version } => format!("activates ring v{version}"),
+        E::RingInstalled { version } => format!("uses ring v{version}"),
     }
 }

@@ -21,17 +21,20 @@ pub enum Tab {
     Members,
     /// Cluster settings.
     Settings,
+    /// A real node's live events.
+    Live,
 }
 
 impl Tab {
     /// Every tab.
-    pub const ALL: [Tab; 6] = [
+    pub const ALL: [Tab; 7] = [
         Tab::Faults,
         Tab::Hints,
         Tab::Log,
         Tab::Merkle,
         Tab::Members,
         Tab::Settings,
+        Tab::Live,
     ];
 
     /// Label.
@@ -43,6 +46,7 @@ impl Tab {
             Tab::Merkle => "Merkle",
             Tab::Members => "Membership",
             Tab::Settings => "Settings",
+            Tab::Live => "Live",
         }
     }
 }

@@ -165,3 +165,25 @@ fn frame_chunks_follow_event_cost() {
     assert_eq!(chunk_events(14.0, 0.0), 1000);
     assert_eq!(chunk_events(14.0, 1.0), 32);
 }
+
+/// The Live tab decodes a server's event line (the JSON `ringlab serve` writes on
+/// `GET /events`) in the browser exactly as natively.
+#[test]
+fn a_live_event_line_decodes_in_the_browser() {
+    let event = ringlab_core::Event::ReplicaStored {
+        key: Bytes::from_static(b"greeting"),
+        siblings: 1,
+    };
+    let json = format!(
+        r#"{{"at_ms":42,"node":"B","kind":"{}","event":{}}}"#,
+        event.kind(),
+        serde_json::to_string(&event).unwrap()
+    );
+    let line = ringlab_web::live::parse_event(&json).unwrap();
+    assert_eq!(
+        (line.at_ms, line.node.as_str(), line.kind.as_str()),
+        (42, "B", "stored")
+    );
+    assert!(line.text.starts_with("stored greeting"), "{}", line.text);
+    assert!(ringlab_web::live::parse_event("{").is_err());
+}

@@ -1,0 +1,96 @@
+// End-to-end: the explorer's Live tab attached to a real `ringlab serve` node.
+// Starts one node (target/debug/ringlab, or $RINGLAB_BIN) that allows the page's
+// origin, opens /?live=URL, and checks: the stream opens and the membership view
+// lists the node; a write made with plain HTTP shows up in the live log in the
+// explorer's wording; killing the node is shown as "retrying", and restarting it
+// reattaches on its own; Disconnect closes the stream.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import net from "node:net";
+import { spawn, execFileSync } from "node:child_process";
+import { serve, browser, artifacts, root, check } from "./lib.mjs";
+
+const bin = process.env.RINGLAB_BIN || path.join(root, "target", "debug", "ringlab");
+if (!fs.existsSync(bin)) throw new Error(`${bin} missing: cargo build -p ringlab-server --bin ringlab`);
+
+const freePort = () => new Promise((resolve) => {
+  const s = net.createServer();
+  s.listen(0, "127.0.0.1", () => { const { port } = s.address(); s.close(() => resolve(port)); });
+});
+
+fs.mkdirSync(artifacts, { recursive: true });
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringlab-live-"));
+fs.writeFileSync(path.join(dir, "cluster.key"), execFileSync(bin, ["keygen"]));
+const server = await serve();
+const origin = `http://127.0.0.1:${server.address().port}`;
+const [peer, httpPort] = [await freePort(), await freePort()];
+const nodeUrl = `http://127.0.0.1:${httpPort}`;
+let node = null;
+const start = () => {
+  const log = fs.openSync(path.join(dir, "A.log"), "a");
+  node = spawn(bin, ["serve", "--id", "A", "--peer-addr", `127.0.0.1:${peer}`, "--http", `127.0.0.1:${httpPort}`,
+    "--data-dir", path.join(dir, "data"), "--seeds", `127.0.0.1:${peer}`, "--cluster-key-file", path.join(dir, "cluster.key"),
+    "--n", "1", "--r", "1", "--w", "1", "--allow-origin", origin], { stdio: ["ignore", log, log] });
+};
+const healthy = async () => {
+  for (let i = 0; i < 300; i++) {
+    try { if ((await fetch(`${nodeUrl}/health`)).ok) return; } catch {}
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`node not healthy; log:\n${fs.readFileSync(path.join(dir, "A.log"), "utf8").slice(-3000)}`);
+};
+const stop = async () => {
+  if (!node) return;
+  const done = new Promise((r) => node.once("exit", r));
+  node.kill("SIGKILL");
+  await done;
+  node = null;
+};
+
+const { ctx, cleanup } = await browser();
+const errors = [];
+let failed = false;
+try {
+  start();
+  await healthy();
+  const page = ctx.pages()[0] || (await ctx.newPage());
+  page.on("pageerror", (e) => errors.push(String(e)));
+  const state = () => page.getAttribute('[data-testid="live-status"]', "data-state");
+  const waitState = (s, timeout = 20000) =>
+    page.waitForSelector(`[data-testid="live-status"][data-state="${s}"]`, { timeout });
+
+  await page.goto(`${origin}/?live=${encodeURIComponent(nodeUrl)}`);
+  await waitState("open");
+  check(await page.isVisible('[data-testid="live"]'), "?live= opens the Live tab and attaches to the node");
+  await page.waitForSelector('[data-testid="live-member-A"]', { timeout: 20000 });
+  check((await page.textContent('[data-testid="live-member-A"]')).includes("up"), "the membership view lists A as up");
+
+  const put = await fetch(`${nodeUrl}/kv/greeting`, { method: "PUT", body: "hello" });
+  check(put.status === 204, `a write through the node's HTTP API (${put.status})`);
+  await page.waitForSelector('[data-testid="live-log"] >> text=stored greeting', { timeout: 20000 });
+  check(true, "the write appears in the live log as 'stored greeting'");
+  check((await page.textContent('[data-testid="live-counts"]')).includes("stored"), "event counts by kind include stored");
+  await page.screenshot({ path: path.join(artifacts, "live.png") });
+
+  await stop();
+  await waitState("retrying");
+  check(true, "a killed node shows as retrying");
+  start();
+  await healthy();
+  await waitState("open", 30000);
+  check(true, "the restarted node is reattached without a click");
+
+  await page.click('[data-testid="live-disconnect"]');
+  check((await state()) === "idle", "Disconnect closes the stream");
+  check(errors.length === 0, `no page errors (${errors.join(" | ")})`);
+} catch (e) {
+  failed = true;
+  console.error(e);
+} finally {
+  await stop();
+  await cleanup();
+  server.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,528 @@
+//! The Live tab: the explorer attached to a running `ringlab serve` node instead of
+//! the simulator. It reads the node's core events as server-sent events
+//! (`GET /events`) and its membership view (`GET /cluster`), and shows them with the
+//! same wording as the simulated event log — so what a user learned by breaking the
+//! simulated cluster can be watched on real processes and real disks.
+//!
+//! The node must allow this page's origin (`ringlab serve --allow-origin`;
+//! `ringlab demo` allows web/serve.sh's). Decoding is plain functions
+//! ([`parse_event`], [`parse_cluster`], [`base_url`]) so it is tested without a
+//! browser; the component only wires them to `EventSource` and `fetch`.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, VecDeque};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use yew::prelude::*;
+
+/// Lines kept on screen (the newest first).
+pub const KEEP: usize = 400;
+
+/// One event of the stream, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveLine {
+    /// The node's clock (ms since it started).
+    pub at_ms: u64,
+    /// The node that emitted it.
+    pub node: String,
+    /// `Event::kind`.
+    pub kind: String,
+    /// The explorer's wording of the event.
+    pub text: String,
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    at_ms: u64,
+    node: String,
+    kind: String,
+    event: ringlab_core::Event,
+}
+
+/// Decodes one `data:` payload of `GET /events`: `{at_ms, node, kind, event}`,
+/// with `event` in the core's serde form.
+pub fn parse_event(data: &str) -> Result<LiveLine, String> {
+    let w: Wire = serde_json::from_str(data).map_err(|e| format!("undecodable event: {e}"))?;
+    Ok(LiveLine {
+        text: crate::app::event_text(&w.event),
+        at_ms: w.at_ms,
+        node: w.node,
+        kind: w.kind,
+    })
+}
+
+/// One member of `GET /cluster`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Member {
+    /// Id.
+    pub id: String,
+    /// `up`, `unreachable`, `dead`, `joining`, `leaving`, `left` or `removed`.
+    pub status: String,
+    /// Zone.
+    pub zone: String,
+    /// Restart generation.
+    pub generation: u64,
+    /// Its HTTP API.
+    pub http_addr: String,
+}
+
+/// A node's membership view (`GET /cluster`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ClusterView {
+    /// The node answering.
+    pub node: String,
+    /// Active ring version.
+    pub ring_version: u64,
+    /// Replicas per key.
+    pub n: usize,
+    /// Owner of each partition.
+    pub partitions: Vec<String>,
+    /// Every known member.
+    pub nodes: Vec<Member>,
+    /// The ring being moved to, during a join or leave.
+    #[serde(default)]
+    pub pending_ring_version: Option<u64>,
+}
+
+impl ClusterView {
+    /// Partitions owned by `id`.
+    pub fn owned(&self, id: &str) -> usize {
+        self.partitions.iter().filter(|o| *o == id).count()
+    }
+}
+
+/// Decodes `GET /cluster`.
+pub fn parse_cluster(json: &str) -> Result<ClusterView, String> {
+    serde_json::from_str(json).map_err(|e| format!("unexpected /cluster answer: {e}"))
+}
+
+/// What the user typed, as a node's base URL: `host:port` gets `http://`, a
+/// trailing `/` goes; anything that is not an http(s) URL without spaces is refused.
+pub fn base_url(input: &str) -> Result<String, String> {
+    let s = input.trim();
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some(_) => return Err(format!("{input:?} is not an http:// or https:// address")),
+        None => ("http", s),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(char::is_whitespace) || rest.contains(['/', '?', '#']) {
+        return Err(format!(
+            "{input:?} is not a node address (expected e.g. http://127.0.0.1:8001)"
+        ));
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
+/// Kinds after which the membership view is fetched again.
+fn changes_membership(kind: &str) -> bool {
+    matches!(
+        kind,
+        "member"
+            | "ring"
+            | "ring-proposed"
+            | "ring-activated"
+            | "unreachable"
+            | "reachable"
+            | "dead"
+    )
+}
+
+/// Connection state.
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    Idle,
+    Connecting,
+    Open,
+    /// Was open; the browser is reconnecting.
+    Retrying,
+    Failed(String),
+}
+
+/// Messages of [`LiveView`].
+pub enum Msg {
+    /// The address field changed.
+    Url(String),
+    /// Connect to the address.
+    Connect,
+    /// Close the stream.
+    Disconnect,
+    /// The stream opened.
+    Opened,
+    /// One `data:` payload.
+    Data(String),
+    /// The node skipped this many events for us (`event: lagged`).
+    Lagged(String),
+    /// The stream failed.
+    Failed,
+    /// A `/cluster` answer.
+    Cluster(Result<ClusterView, String>),
+    /// Clear the log.
+    Clear,
+}
+
+/// An open `EventSource` and the callbacks it holds (closed on drop).
+struct Stream {
+    source: web_sys::EventSource,
+    _callbacks: Vec<Closure<dyn FnMut(web_sys::MessageEvent)>>,
+    _on_error: Closure<dyn FnMut(web_sys::Event)>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.source.close();
+    }
+}
+
+/// The Live tab's component.
+pub struct LiveView {
+    input: String,
+    base: Option<String>,
+    state: State,
+    stream: Option<Stream>,
+    lines: VecDeque<LiveLine>,
+    counts: BTreeMap<String, u64>,
+    received: u64,
+    skipped: u64,
+    undecodable: Option<String>,
+    cluster: Option<Result<ClusterView, String>>,
+    last_fetch_ms: f64,
+}
+
+/// The `?live=` query parameter of the page, if any.
+pub fn live_param() -> Option<String> {
+    let search = web_sys::window()?.location().search().ok()?;
+    search
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("live="))
+        .map(|v| {
+            js_sys::decode_uri_component(v)
+                .ok()
+                .and_then(|s| s.as_string())
+                .unwrap_or_else(|| v.to_string())
+        })
+}
+
+impl Component for LiveView {
+    type Message = Msg;
+    type Properties = ();
+
+    fn create(ctx: &Context<Self>) -> Self {
+        let param = live_param();
+        if param.is_some() {
+            ctx.link().send_message(Msg::Connect);
+        }
+        LiveView {
+            input: param.unwrap_or_else(|| "http://127.0.0.1:8001".into()),
+            base: None,
+            state: State::Idle,
+            stream: None,
+            lines: VecDeque::new(),
+            counts: BTreeMap::new(),
+            received: 0,
+            skipped: 0,
+            undecodable: None,
+            cluster: None,
+            last_fetch_ms: f64::NEG_INFINITY,
+        }
+    }
+
+    fn update(&mut self, ctx: &Context<Self>, msg: Msg) -> bool {
+        match msg {
+            Msg::Url(u) => self.input = u,
+            Msg::Connect => {
+                self.stream = None;
+                match base_url(&self.input).and_then(|b| open(ctx, &b).map(|s| (b, s))) {
+                    Ok((base, stream)) => {
+                        self.stream = Some(stream);
+                        self.state = State::Connecting;
+                        self.cluster = None;
+                        fetch_cluster(ctx, &base);
+                        self.last_fetch_ms = js_sys::Date::now();
+                        self.base = Some(base);
+                    }
+                    Err(e) => self.state = State::Failed(e),
+                }
+            }
+            Msg::Disconnect => {
+                self.stream = None;
+                self.state = State::Idle;
+            }
+            Msg::Opened => self.state = State::Open,
+            Msg::Failed => {
+                self.state = match self.state {
+                    // Never opened: give up (the browser would retry forever).
+                    State::Connecting => {
+                        self.stream = None;
+                        State::Failed(format!(
+                            "cannot read {}/events: is the node running, and started with \
+                             --allow-origin {}?",
+                            self.base.clone().unwrap_or_default(),
+                            origin()
+                        ))
+                    }
+                    State::Open | State::Retrying => State::Retrying,
+                    ref s => s.clone(),
+                };
+            }
+            Msg::Data(d) => match parse_event(&d) {
+                Ok(line) => {
+                    self.received += 1;
+                    *self.counts.entry(line.kind.clone()).or_default() += 1;
+                    let now = js_sys::Date::now();
+                    if changes_membership(&line.kind) && now - self.last_fetch_ms > 500.0 {
+                        if let Some(b) = &self.base {
+                            fetch_cluster(ctx, b);
+                            self.last_fetch_ms = now;
+                        }
+                    }
+                    self.lines.push_front(line);
+                    self.lines.truncate(KEEP);
+                }
+                Err(e) => self.undecodable = Some(e),
+            },
+            Msg::Lagged(n) => self.skipped += n.trim().parse::<u64>().unwrap_or(0),
+            Msg::Cluster(c) => self.cluster = Some(c),
+            Msg::Clear => {
+                self.lines.clear();
+                self.counts.clear();
+                self.received = 0;
+                self.skipped = 0;
+            }
+        }
+        true
+    }
+
+    fn view(&self, ctx: &Context<Self>) -> Html {
+        let link = ctx.link();
+        let (state, text) = match &self.state {
+            State::Idle => ("idle", "not connected".to_string()),
+            State::Connecting => ("connecting", "connecting…".to_string()),
+            State::Open => ("open", format!("live: {} event(s)", self.received)),
+            State::Retrying => (
+                "retrying",
+                "connection lost; the browser is retrying…".to_string(),
+            ),
+            State::Failed(e) => ("failed", e.clone()),
+        };
+        let connected = self.stream.is_some();
+        let oninput = link.callback(|e: InputEvent| {
+            Msg::Url(
+                e.target_dyn_into::<web_sys::HtmlInputElement>()
+                    .map(|i| i.value())
+                    .unwrap_or_default(),
+            )
+        });
+        let onkeydown =
+            link.batch_callback(|e: KeyboardEvent| (e.key() == "Enter").then_some(Msg::Connect));
+        html! {
+            <div class="panel live" data-testid="live">
+                <p class="small muted">{ "Attach to a running ringlab node: its core events (GET /events) and membership (GET /cluster), live. The node must allow this page's origin: " }
+                    <code>{ format!("ringlab serve … --allow-origin {}", origin()) }</code>{ " (ringlab demo does)." }</p>
+                <div class="row">
+                    <input data-testid="live-url" placeholder="http://127.0.0.1:8001" value={self.input.clone()} {oninput} {onkeydown}/>
+                    if connected {
+                        <button data-testid="live-disconnect" onclick={link.callback(|_| Msg::Disconnect)}>{"Disconnect"}</button>
+                    } else {
+                        <button data-testid="live-connect" onclick={link.callback(|_| Msg::Connect)}>{"Connect"}</button>
+                    }
+                    <button data-testid="live-clear" onclick={link.callback(|_| Msg::Clear)}>{"Clear"}</button>
+                </div>
+                <div class="small" data-testid="live-status" data-state={state}>{ text }
+                    if self.skipped > 0 { { format!(" · {} skipped by the node (this page fell behind)", self.skipped) } }
+                </div>
+                if let Some(e) = &self.undecodable { <div class="small muted">{ e }</div> }
+                { self.cluster_view() }
+                if !self.counts.is_empty() {
+                    <div class="small" data-testid="live-counts">{ for self.counts.iter().map(|(k, n)| html!{ <span class="chip">{ format!("{k} {n}") }</span> }) }</div>
+                }
+                <div class="logrows" data-testid="live-log">{ for self.lines.iter().map(|l| html!{
+                    <div class="logrow">
+                        <span class="t">{ clock(l.at_ms) }</span>
+                        <span class="k">{ &l.kind }</span>
+                        <span>{ format!("{}: {}", l.node, l.text) }</span>
+                    </div>
+                }) }</div>
+            </div>
+        }
+    }
+}
+
+impl LiveView {
+    fn cluster_view(&self) -> Html {
+        match &self.cluster {
+            None => html! {},
+            Some(Err(e)) => {
+                html! { <div class="small muted" data-testid="live-cluster-error">{ e }</div> }
+            }
+            Some(Ok(c)) => html! {
+                <div data-testid="live-cluster">
+                    <div class="small">{ format!("{}'s view: ring v{}{}, N = {}, {} partitions", c.node, c.ring_version,
+                        c.pending_ring_version.map(|v| format!(" (moving to v{v})")).unwrap_or_default(), c.n, c.partitions.len()) }</div>
+                    <table class="small">
+                        <tr><th>{"node"}</th><th>{"status"}</th><th>{"zone"}</th><th>{"gen"}</th><th>{"partitions"}</th><th>{"http"}</th></tr>
+                        { for c.nodes.iter().map(|m| html!{
+                            <tr data-testid={format!("live-member-{}", m.id)}>
+                                <td>{ &m.id }</td><td>{ &m.status }</td><td>{ &m.zone }</td><td>{ m.generation }</td>
+                                <td>{ c.owned(&m.id) }</td><td>{ &m.http_addr }</td>
+                            </tr>
+                        }) }
+                    </table>
+                </div>
+            },
+        }
+    }
+}
+
+/// A node's time (ms since the Unix epoch) as UTC `HH:MM:SS.mmm`.
+pub fn clock(at_ms: u64) -> String {
+    let ms = at_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+/// This page's origin (what `--allow-origin` must list).
+fn origin() -> String {
+    web_sys::window()
+        .and_then(|w| w.location().origin().ok())
+        .unwrap_or_default()
+}
+
+/// Opens the event stream of the node at `base`.
+fn open(ctx: &Context<LiveView>, base: &str) -> Result<Stream, String> {
+    let source = web_sys::EventSource::new(&format!("{base}/events"))
+        .map_err(|e| format!("cannot open {base}/events: {e:?}"))?;
+    let link = ctx.link().clone();
+    let on_open =
+        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |_| link.send_message(Msg::Opened));
+    let link = ctx.link().clone();
+    let on_data =
+        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
+            link.send_message(Msg::Data(e.data().as_string().unwrap_or_default()));
+        });
+    let link = ctx.link().clone();
+    let on_lagged =
+        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
+            link.send_message(Msg::Lagged(e.data().as_string().unwrap_or_default()));
+        });
+    let link = ctx.link().clone();
+    let on_error =
+        Closure::<dyn FnMut(web_sys::Event)>::new(move |_| link.send_message(Msg::Failed));
+    source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    source.set_onmessage(Some(on_data.as_ref().unchecked_ref()));
+    source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    source
+        .add_event_listener_with_callback("lagged", on_lagged.as_ref().unchecked_ref())
+        .map_err(|e| format!("cannot listen for lagged events: {e:?}"))?;
+    Ok(Stream {
+        source,
+        _callbacks: vec![on_open, on_data, on_lagged],
+        _on_error: on_error,
+    })
+}
+
+/// Fetches `base/cluster` and reports it to the component.
+fn fetch_cluster(ctx: &Context<LiveView>, base: &str) {
+    let link = ctx.link().clone();
+    let url = format!("{base}/cluster");
+    wasm_bindgen_futures::spawn_local(async move {
+        let js = |e: JsValue| {
+            format!(
+                "cannot read {url}: {}",
+                e.as_string().unwrap_or_else(|| format!("{e:?}"))
+            )
+        };
+        let result = async {
+            let window = web_sys::window().ok_or("no window")?;
+            let resp: web_sys::Response =
+                wasm_bindgen_futures::JsFuture::from(window.fetch_with_str(&url))
+                    .await
+                    .map_err(js)?
+                    .dyn_into()
+                    .map_err(js)?;
+            if !resp.ok() {
+                return Err(format!("{url} answered {}", resp.status()));
+            }
+            let text = wasm_bindgen_futures::JsFuture::from(resp.text().map_err(js)?)
+                .await
+                .map_err(js)?;
+            parse_cluster(&text.as_string().unwrap_or_default())
+        }
+        .await;
+        link.send_message(Msg::Cluster(result));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact form `ringlab serve` sends (see server/src/driver.rs `on_event`).
+    #[test]
+    fn a_server_event_line_decodes_to_the_explorers_wording() {
+        let event = ringlab_core::Event::HintStored {
+            owner: ringlab_core::NodeId(0),
+            key: bytes::Bytes::from_static(b"greeting"),
+        };
+        let json =
+            serde_json::json!({"at_ms": 1234, "node": "D", "kind": event.kind(), "event": &event})
+                .to_string();
+        let line = parse_event(&json).unwrap();
+        assert_eq!(line.at_ms, 1234);
+        assert_eq!(line.node, "D");
+        assert_eq!(line.kind, "hint");
+        assert_eq!(line.text, crate::app::event_text(&event));
+        assert!(line.text.contains("greeting"), "{}", line.text);
+        for bad in [
+            "",
+            "{}",
+            "not json",
+            r#"{"at_ms":1,"node":"A","kind":"x","event":{"Nope":{}}}"#,
+        ] {
+            assert!(parse_event(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_views_decode_and_count_partitions() {
+        let c = parse_cluster(
+            r#"{"node":"A","ring_version":3,"n":3,"partitions":["A","B","A","C"],
+                "nodes":[{"id":"A","peer_addr":"127.0.0.1:7001","http_addr":"127.0.0.1:8001","zone":"z1","status":"up","generation":2}],
+                "pending_ring_version":null,"self_status":"up"}"#,
+        )
+        .unwrap();
+        assert_eq!((c.ring_version, c.owned("A"), c.owned("C")), (3, 2, 1));
+        assert_eq!(c.nodes[0].status, "up");
+        assert!(parse_cluster("{}").is_err());
+    }
+
+    #[test]
+    fn node_times_show_as_utc_clock() {
+        // 2026-12-02 01:02:03.456 UTC
+        assert_eq!(clock(1_796_173_323_456), "01:02:03.456");
+        assert_eq!(clock(0), "00:00:00.000");
+    }
+
+    #[test]
+    fn addresses_are_normalised_or_refused() {
+        assert_eq!(base_url("127.0.0.1:8001").unwrap(), "http://127.0.0.1:8001");
+        assert_eq!(base_url(" http://h:1/ ").unwrap(), "http://h:1");
+        assert_eq!(base_url("https://h").unwrap(), "https://h");
+        for bad in [
+            "",
+            "ftp://x",
+            "http://",
+            "http://a b",
+            "http://h/events",
+            "h:1?x",
+        ] {
+            assert!(base_url(bad).is_err(), "{bad:?}");
+        }
+    }
+}
