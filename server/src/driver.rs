@@ -197,7 +197,7 @@ pub enum SubmitError {
 }
 
 /// One member as `/cluster` shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct MemberView {
     /// Id name.
     pub id: String,
@@ -211,10 +211,17 @@ pub struct MemberView {
     pub status: String,
     /// Restart generation.
     pub generation: u64,
+    /// This node's φ-accrual suspicion of the member (Hayashibara et al.): how
+    /// unlikely the silence since its last heartbeat is, −log10 of the chance it
+    /// is still alive; the detector suspects it above `phi_threshold`. Only for
+    /// members this node monitors (each node watches a few), as of the last
+    /// refresh (≤ 0.5 s old); capped at 1000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phi: Option<f64>,
 }
 
 /// This node's view of the cluster, for `/cluster` and `/health`.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, Serialize, PartialEq, Default)]
 pub struct ClusterView {
     /// This node.
     pub node: String,
@@ -589,7 +596,11 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
                 }
             }
         }
-        if changed || self.reachability_changed {
+        let stale = self
+            .last_gauges
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(500));
+        // Rebuilt on every change, and at the gauge refresh so φ stays current.
+        if changed || self.reachability_changed || stale {
             self.reachability_changed = false;
             let view = self.cluster_view();
             let unreachable = view
@@ -607,9 +618,6 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             .set("hints_pending", storage.hint_count() as i64);
         self.metrics
             .set("coordinating", self.node.coordinating() as i64);
-        let stale = self
-            .last_gauges
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(500));
         if stale {
             self.last_gauges = Some(Instant::now());
             self.metrics.set("objects", storage.object_count() as i64);
@@ -622,6 +630,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
         let node = &self.node;
         let me = node.id();
         let ring = node.ring();
+        let (phi_cfg, now) = (node.config().phi(), self.clock.now());
         let nodes = node
             .membership()
             .members()
@@ -642,6 +651,10 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
                     }
                     s => s.name(),
                 };
+                let phi = (m.id != me)
+                    .then(|| node.detector().phi(m.id, now, &phi_cfg))
+                    .flatten()
+                    .map(|p| (p.min(1000.0) * 100.0).round() / 100.0);
                 MemberView {
                     id: m.id.name(),
                     peer_addr,
@@ -649,6 +662,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
                     zone: m.zone.clone(),
                     status: status.to_owned(),
                     generation: m.generation,
+                    phi,
                 }
             })
             .collect();

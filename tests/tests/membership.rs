@@ -182,8 +182,26 @@ fn a_dead_node_is_removed_and_its_partitions_are_rebuilt() {
     assert_eq!(r.status, 400, "a malformed id: {r:?}");
     assert_eq!(r.json()["error"], "invalid_node", "{r:?}");
 
+    // A watches its peers with φ-accrual: low while they beat, climbing once D is gone.
+    let phi_of = |c: &Cluster, id: &str| -> Option<f64> {
+        c.cluster(0)?["nodes"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == id)?["phi"]
+            .as_f64()
+    };
+    wait_for("A to report φ for its peers", T, || {
+        ["B", "C", "D"]
+            .iter()
+            .all(|id| phi_of(&c, id).is_some_and(|p| p < 8.0))
+    });
+    assert!(phi_of(&c, "A").is_none(), "no φ for the node itself");
+
     // D's disk is gone for good; nothing moves until an administrator says so.
     c.kill9(3);
+    wait_until("A's φ for D to pass the threshold (8)", T, || {
+        phi_of(&c, "D").filter(|&p| p >= 8.0)
+    });
     wait_for("A to stop reaching D", T, || {
         matches!(c.status_of(0, "D").as_deref(), Some("unreachable" | "dead"))
     });

@@ -64,6 +64,9 @@ pub struct Member {
     pub generation: u64,
     /// Its HTTP API.
     pub http_addr: String,
+    /// The answering node's φ-accrual suspicion of it (members it monitors).
+    #[serde(default)]
+    pub phi: Option<f64>,
 }
 
 /// A node's membership view (`GET /cluster`).
@@ -361,10 +364,11 @@ impl LiveView {
                     <div class="small">{ format!("{}'s view: ring v{}{}, N = {}, {} partitions", c.node, c.ring_version,
                         c.pending_ring_version.map(|v| format!(" (moving to v{v})")).unwrap_or_default(), c.n, c.partitions.len()) }</div>
                     <table class="small">
-                        <tr><th>{"node"}</th><th>{"status"}</th><th>{"zone"}</th><th>{"gen"}</th><th>{"partitions"}</th><th>{"http"}</th></tr>
+                        <tr><th>{"node"}</th><th>{"status"}</th><th>{"zone"}</th><th>{"gen"}</th><th>{"φ"}</th><th>{"partitions"}</th><th>{"http"}</th></tr>
                         { for c.nodes.iter().map(|m| html!{
                             <tr data-testid={format!("live-member-{}", m.id)}>
                                 <td>{ &m.id }</td><td>{ &m.status }</td><td>{ &m.zone }</td><td>{ m.generation }</td>
+                                <td title="φ-accrual suspicion (suspected above the threshold, 8 by default)">{ m.phi.map(|p| format!("{p:.1}")).unwrap_or_default() }</td>
                                 <td>{ c.owned(&m.id) }</td><td>{ &m.http_addr }</td>
                             </tr>
                         }) }
@@ -493,12 +497,14 @@ mod tests {
     fn cluster_views_decode_and_count_partitions() {
         let c = parse_cluster(
             r#"{"node":"A","ring_version":3,"n":3,"partitions":["A","B","A","C"],
-                "nodes":[{"id":"A","peer_addr":"127.0.0.1:7001","http_addr":"127.0.0.1:8001","zone":"z1","status":"up","generation":2}],
+                "nodes":[{"id":"A","peer_addr":"127.0.0.1:7001","http_addr":"127.0.0.1:8001","zone":"z1","status":"up","generation":2},
+                         {"id":"B","peer_addr":"127.0.0.1:7002","http_addr":"127.0.0.1:8002","zone":"z2","status":"up","generation":1,"phi":0.42}],
                 "pending_ring_version":null,"self_status":"up"}"#,
         )
         .unwrap();
         assert_eq!((c.ring_version, c.owned("A"), c.owned("C")), (3, 2, 1));
         assert_eq!(c.nodes[0].status, "up");
+        assert_eq!((c.nodes[0].phi, c.nodes[1].phi), (None, Some(0.42)));
         assert!(parse_cluster("{}").is_err());
     }
 
