@@ -115,45 +115,53 @@ impl<S: Storage> Node<S> {
         };
         let limit = self.config.hint_batch.max(1) * 8;
         let page = self.storage.objects_after(scan.after.as_deref(), limit);
-        let done = page.len() < limit;
         let (mut ops, mut keys) = (Vec::new(), 0);
-        // Hint count and bytes per owner after this page: the page waits (the scan
-        // stays where it is) rather than take an owner past its hint limits, so a
-        // large handoff drains through delivery instead of filling the disk.
+        // Hint count and bytes per owner with this page's hints: the page is cut
+        // before the key that would take an owner past its hint limits, and the
+        // scan waits there until delivery makes room — a large handoff drains
+        // through delivery instead of filling the disk.
         let mut usage: BTreeMap<NodeId, (usize, usize)> = BTreeMap::new();
-        for (key, object) in &page {
+        let mut last = scan.after.clone();
+        let mut cut = false;
+        'page: for (key, object) in &page {
             let owners = ring.primaries(ring.partition_of(key));
-            if owners.contains(&self.id) {
-                continue;
-            }
-            keys += 1;
-            for &owner in owners {
-                // Merged into any hint already held, keeping its window start.
-                let existing = self.storage.hint(owner, key).map(|h| h.object);
-                let (count, bytes) = usage
-                    .entry(owner)
-                    .or_insert_with(|| self.storage.hint_usage(owner));
-                let old_bytes = existing.as_ref().map_or(0, Object::value_bytes);
-                *count += usize::from(existing.is_none());
-                let mut hint = existing.unwrap_or_default();
-                hint.merge(object);
-                *bytes = bytes.saturating_sub(old_bytes) + hint.value_bytes();
-                if *count > self.config.max_hints_per_owner
-                    || *bytes > self.config.max_hint_bytes_per_owner
-                {
-                    return;
+            if !owners.contains(&self.id) {
+                let (mut key_ops, mut key_usage) = (Vec::new(), Vec::new());
+                for &owner in owners {
+                    // Merged into any hint already held, keeping its window start.
+                    let existing = self.storage.hint(owner, key).map(|h| h.object);
+                    let (count, bytes) = *usage
+                        .entry(owner)
+                        .or_insert_with(|| self.storage.hint_usage(owner));
+                    let count = count + usize::from(existing.is_none());
+                    let old_bytes = existing.as_ref().map_or(0, Object::value_bytes);
+                    let mut hint = existing.unwrap_or_default();
+                    hint.merge(object);
+                    let bytes = bytes.saturating_sub(old_bytes) + hint.value_bytes();
+                    if count > self.config.max_hints_per_owner
+                        || bytes > self.config.max_hint_bytes_per_owner
+                    {
+                        cut = true;
+                        break 'page;
+                    }
+                    key_usage.push((owner, (count, bytes)));
+                    key_ops.push(self.store_op(key, hint, Some(owner)));
                 }
-                ops.push(self.store_op(key, hint, Some(owner)));
+                usage.extend(key_usage);
+                ops.extend(key_ops);
+                keys += 1;
             }
+            last = Some(key.clone());
         }
+        if cut && last == scan.after {
+            return; // the first key does not fit yet: nothing to commit
+        }
+        let done = !cut && page.len() < limit;
         let hints = ops.len();
-        let next = match page.last() {
-            Some((last, _)) if !done => Some(OrphanScan {
-                ring_version: scan.ring_version,
-                after: Some(last.clone()),
-            }),
-            _ => None,
-        };
+        let next = (!done).then(|| OrphanScan {
+            ring_version: scan.ring_version,
+            after: last,
+        });
         ops.push(OrphanScan::op(next.as_ref()));
         if !self.commit(ops) {
             return;
@@ -357,13 +365,20 @@ mod tests {
 
     /// The scan never takes an owner past `max_hints_per_owner`: it stops where it
     /// is until delivery makes room, then goes on, and in the end has hinted every
-    /// foreign key to each of its owners all the same.
+    /// foreign key to each of its owners all the same — also when the limit is
+    /// below one page (32 keys here), where a page must be cut, not retried whole.
     #[test]
     fn ownership_handoff_waits_for_room_under_the_hint_limit() {
+        for max in [5, 40] {
+            handoff_under_hint_limit(max);
+        }
+    }
+
+    fn handoff_under_hint_limit(max: usize) {
         let (before, after) = rings();
         let cfg = Config {
             hint_batch: 4,
-            max_hints_per_owner: 40,
+            max_hints_per_owner: max,
             ..Config::demo()
         };
         let mut node = Node::new(A, cfg, Some(before), store_300(), 1, Time(0));
@@ -372,7 +387,7 @@ mod tests {
         let mut rounds = 0;
         while node.ownership_handoff_in_progress() {
             rounds += 1;
-            assert!(rounds < 100, "the scan never ends");
+            assert!(rounds < 300, "limit {max}: the scan never ends");
             for _ in 0..10 {
                 node.ownership_handoff_step();
             }
@@ -380,7 +395,11 @@ mod tests {
             let mut ops = Vec::new();
             for o in (0..6).map(NodeId) {
                 let held = node.storage().hints_for(o, usize::MAX);
-                assert!(held.len() <= 40, "{o} holds {} hints", held.len());
+                assert!(
+                    held.len() <= max,
+                    "limit {max}: {o} holds {} hints",
+                    held.len()
+                );
                 for (key, _) in held {
                     hinted.insert((o, key.clone()));
                     ops.push(Op::DeleteHint { owner: o, key });
@@ -388,7 +407,10 @@ mod tests {
             }
             node.storage_mut().apply(Batch { ops }).unwrap();
         }
-        assert!(rounds > 2, "the limit paused the scan ({rounds} rounds)");
+        assert!(
+            rounds > 2,
+            "limit {max}: the limit paused the scan ({rounds} rounds)"
+        );
         let want: std::collections::BTreeSet<(NodeId, Bytes)> = (0..300u32)
             .map(|i| Bytes::from(format!("key-{i}")))
             .flat_map(|k| {
@@ -400,7 +422,7 @@ mod tests {
                     .map(move |o| (o, k.clone()))
             })
             .collect();
-        assert_eq!(hinted, want);
+        assert_eq!(hinted, want, "limit {max}");
     }
 
     /// A node holding 300 keys adopts, unprepared, a ring in which it replicates
