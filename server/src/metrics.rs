@@ -80,6 +80,8 @@ pub struct TransportSnapshot {
     pub bytes_sent: u64,
     /// Bytes read.
     pub bytes_received: u64,
+    /// Connections dialed to peers.
+    pub connections_dialed: u64,
     /// Messages dropped, by reason (`queue_full`, `no_address`, `too_large`).
     pub dropped: BTreeMap<String, u64>,
     /// Frames or handshakes rejected, by reason (`bad_mac`, `replay`, …).
@@ -338,6 +340,11 @@ impl Metrics {
                 t.frames_received,
             ),
             ("bytes_sent", "Bytes sent to peers.", t.bytes_sent),
+            (
+                "peer_connections_dialed",
+                "Connections dialed to peers (a pair of nodes shares the one its lower id dialed).",
+                t.connections_dialed,
+            ),
             (
                 "bytes_received",
                 "Bytes received from peers.",

@@ -255,6 +255,7 @@ fn snapshot(t: &Transport) -> TransportSnapshot {
         frames_received: s.frames_received,
         bytes_sent: s.bytes_sent,
         bytes_received: s.bytes_received,
+        connections_dialed: s.connections_dialed,
         dropped: [
             ("queue_full".to_string(), s.dropped_queue_full),
             ("no_address".to_string(), s.dropped_no_addr),

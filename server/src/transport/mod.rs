@@ -2,8 +2,15 @@
 //!
 //! Every node listens for peers; for each peer it sends to, one writer task dials,
 //! handshakes and writes frames from a bounded queue, reconnecting with capped
-//! exponential backoff. Data flows dialer → acceptor only; a pair of nodes talks over
-//! two connections, one each way.
+//! exponential backoff.
+//!
+//! A pair of nodes shares the connection the *lower* id dialed: the higher one sends
+//! its frames back over it instead of dialing its own, once that connection is up.
+//! One connection each way would work as well, but then each side's kernel acknowledges
+//! every frame it drains with a segment of its own (≈ 0.7 pure ACKs per 16-client read);
+//! on a shared connection the replies carry them. The higher id still dials when it has
+//! something to send and no connection from the lower one (a joiner the seeds do not
+//! know yet), and moves to the lower one's connection when it arrives.
 //!
 //! Handshake (see [`frame`] for the frame layout):
 //! ```text
@@ -13,6 +20,7 @@
 //!   Hello(seq 1, session_a) ───────────▶   authenticate; compare cluster and n/r/w/partitions
 //!                       ◀───────────────   Accept(hello, seq 1, session_d) | Reject(reason) | 0-length (bad key)
 //!   Message(seq 2, 3, …, session_a) ───▶   Incoming::Message { from: authenticated id }
+//!                       ◀───────────────   Message(seq 2, 3, …, session_d), when the dialer's id is lower
 //! ```
 //! Both sides report the other's Hello as [`Incoming::Peer`] once the handshake succeeded
 //! (the dialer only for its writers' connections, not for [`Transport::hello`]).
@@ -193,6 +201,9 @@ pub struct TransportStats {
     /// Messages dropped because their frame would exceed `max_frame` (the peer would
     /// refuse it and close the connection).
     pub dropped_too_large: u64,
+    /// Connections our writers dialed and handshook (reconnects count; a pair of
+    /// nodes shares the one its lower id dialed, so the higher id's stays near 0).
+    pub connections_dialed: u64,
     /// Rejections by reason.
     pub rejected: Rejected,
 }
@@ -206,6 +217,7 @@ struct Counters {
     dropped_queue_full: AtomicU64,
     dropped_no_addr: AtomicU64,
     dropped_too_large: AtomicU64,
+    connections_dialed: AtomicU64,
     rejected: [AtomicU64; 7],
 }
 
@@ -221,6 +233,10 @@ struct Inner {
     max_frame: usize,
     book: Mutex<HashMap<NodeId, String>>,
     peers: Mutex<HashMap<NodeId, mpsc::Sender<Vec<u8>>>>,
+    /// Write halves of connections a lower id dialed to us, for our writer to that
+    /// peer to take (the newest wins); `reverse_gen` counts arrivals so writers notice.
+    reverse: Mutex<HashMap<NodeId, OutConn>>,
+    reverse_gen: watch::Sender<u64>,
     counters: Counters,
     /// Keeps a rejection flood from flooding the log (every rejection is still counted).
     log_limit: Mutex<log_limit::LogLimiter>,
@@ -344,13 +360,24 @@ fn new_session() -> [u8; SESSION_LEN] {
     s
 }
 
-/// An established outbound connection.
+/// The sending side of an established connection (dialed by us, or a lower id's
+/// connection to us).
 struct OutConn {
     w: BufWriter<OwnedWriteHalf>,
-    // Kept so the socket stays fully open; the acceptor never writes after Accept.
-    _r: tokio::net::tcp::OwnedReadHalf,
+    /// The receiver's session bytes.
     session: [u8; SESSION_LEN],
     seq: u64,
+    /// Set when the connection's read side ended (closed, reset, or a rejected frame):
+    /// the writer stops using it before its next write.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The receiving side of a connection we dialed: the acceptor writes on it when its
+/// id is higher than ours.
+struct InConn {
+    r: tokio::net::tcp::OwnedReadHalf,
+    state: RecvState,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl OutConn {
@@ -370,7 +397,7 @@ impl OutConn {
 }
 
 /// Dials `addr` and handshakes; returns the peer's Hello and the connection.
-async fn dial(inner: &Inner, addr: &str) -> anyhow::Result<(Hello, OutConn)> {
+async fn dial(inner: &Inner, addr: &str) -> anyhow::Result<(Hello, OutConn, InConn)> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow::anyhow!("connecting to peer {addr} timed out"))?
@@ -385,7 +412,7 @@ async fn handshake_out(
     inner: &Inner,
     addr: &str,
     mut stream: TcpStream,
-) -> anyhow::Result<(Hello, OutConn)> {
+) -> anyhow::Result<(Hello, OutConn, InConn)> {
     let mine = new_session();
     let Some(theirs) = preamble(&mut stream, mine).await? else {
         inner.reject("handshake", addr, &"not a ringlab peer (bad preamble)");
@@ -433,13 +460,15 @@ async fn handshake_out(
             bump(&inner.counters.frames_received, 1);
             bump(&inner.counters.bytes_received, len as u64);
             let (r, w) = stream.into_split();
+            let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let conn = OutConn {
                 w: BufWriter::new(w),
-                _r: r,
                 session: theirs,
                 seq: 1,
+                closed: closed.clone(),
             };
-            Ok((h, conn))
+            state.cluster = Some(inner.cluster);
+            Ok((h, conn, InConn { r, state, closed }))
         }
         Payload::Reject { reason, message } => {
             inner.reject(refusal_reason(reason), addr, &message);
@@ -511,7 +540,7 @@ async fn serve_conn(
                 bump(&inner.counters.frames_sent, 1);
                 bump(&inner.counters.bytes_sent, f.len() as u64);
                 state.cluster = Some(inner.cluster);
-                Some((h, state))
+                Some((h, state, theirs))
             }
             Ok(_) => {
                 inner.reject("handshake", &peer_s, &"first frame is not a valid Hello");
@@ -535,7 +564,7 @@ async fn serve_conn(
         }
     })
     .await;
-    let Some((hello, mut state)) = shake.unwrap_or_else(|_| {
+    let Some((hello, state, theirs)) = shake.unwrap_or_else(|_| {
         inner.reject("handshake", &peer_s, &"handshake timed out");
         None
     }) else {
@@ -546,9 +575,57 @@ async fn serve_conn(
     if tx.send(Incoming::Peer(hello)).await.is_err() {
         return;
     }
-    let mut r = tokio::io::BufReader::new(stream);
+    let (r, w) = stream.into_split();
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A lower id's connection carries our frames to it too (module docs), once it
+    // has carried one of its own: `Transport::hello` probes never send any.
+    let (share, _w) = if from < inner.hello.id {
+        let conn = OutConn {
+            w: BufWriter::new(w),
+            session: theirs,
+            seq: 1,
+            closed: closed.clone(),
+        };
+        (Some(conn), None)
+    } else {
+        (None, Some(w))
+    };
+    read_messages(&inner, r, state, from, &peer_s, &tx, share).await;
+    closed.store(true, Ordering::Relaxed);
+    if let Ok(mut rev) = inner.reverse.lock() {
+        if rev
+            .get(&from)
+            .is_some_and(|c| Arc::ptr_eq(&c.closed, &closed))
+        {
+            rev.remove(&from);
+        }
+    }
+}
+
+/// Delivers the messages of an authenticated connection until it closes or a frame
+/// is rejected. `share`, the connection's sending side, is offered to our writer to
+/// `from` once the first frame authenticated.
+async fn read_messages<R: AsyncRead + Unpin>(
+    inner: &Inner,
+    r: R,
+    mut state: RecvState,
+    from: NodeId,
+    peer_s: &str,
+    tx: &mpsc::Sender<Incoming>,
+    mut share: Option<OutConn>,
+) {
+    let mut r = tokio::io::BufReader::new(r);
     loop {
-        match read_frame(&mut r, &inner.keys, &mut state, inner.max_frame).await {
+        let frame = read_frame(&mut r, &inner.keys, &mut state, inner.max_frame).await;
+        if let Ok((header, _, _)) = &frame {
+            if let Some(conn) = share.take_if(|_| header.sender == from) {
+                if let Ok(mut rev) = inner.reverse.lock() {
+                    rev.insert(from, conn);
+                }
+                inner.reverse_gen.send_modify(|g| *g += 1);
+            }
+        }
+        match frame {
             Ok((header, Payload::Message(msg), len)) if header.sender == from => {
                 bump(&inner.counters.frames_received, 1);
                 bump(&inner.counters.bytes_received, len as u64);
@@ -566,15 +643,11 @@ async fn serve_conn(
                 }
             }
             Ok(_) => {
-                inner.reject(
-                    "handshake",
-                    &peer_s,
-                    &"unexpected frame after the handshake",
-                );
+                inner.reject("handshake", peer_s, &"unexpected frame after the handshake");
                 return;
             }
             Err(ConnError::Frame(e)) => {
-                inner.reject(e.reason(), &peer_s, &e);
+                inner.reject(e.reason(), peer_s, &e);
                 return;
             }
             Err(ConnError::Io(_)) => return,
@@ -582,82 +655,154 @@ async fn serve_conn(
     }
 }
 
-/// One peer's writer: dial, handshake, write queued messages; reconnect with backoff.
+/// Why [`write_queued`] stopped.
+enum WriteEnd {
+    /// The queue closed: the transport is gone.
+    Closed,
+    /// The connection failed or its read side ended.
+    Failed,
+    /// A lower id's connection to us arrived: send over it instead.
+    Switch,
+}
+
+/// One peer's writer: take the lower id's connection to us or dial, then write
+/// queued messages; reconnect with backoff.
 async fn writer(inner: Arc<Inner>, to: NodeId, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
+    let mut arrivals = inner.reverse_gen.subscribe();
+    // Survives a switch of connection: what was received but not yet written.
+    let mut queued = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let addr = inner.book.lock().ok().and_then(|b| b.get(&to).cloned());
-        if let Some(addr) = addr {
-            match dial(&inner, &addr).await {
-                Ok((h, mut conn)) if h.id == to => {
-                    if failures > 0 {
-                        tracing::info!(peer = %to, %addr, "reconnected to peer");
-                    }
-                    failures = 0;
-                    backoff = BACKOFF_MIN;
-                    // Best effort: a full channel means the driver is busy, and the
-                    // peer's inbound handshake reports it as well.
-                    let _ = inner.incoming.try_send(Incoming::Peer(h));
-                    // Write until the queue closes (transport dropped) or the socket fails.
-                    // Everything queued goes out in as few frames as fit.
-                    let mut queued = Vec::with_capacity(WRITE_BATCH);
-                    let mut frame = frame::Batch::default();
-                    loop {
-                        if rx.recv_many(&mut queued, WRITE_BATCH).await == 0 {
-                            return;
-                        }
-                        // Let every task that is ready run first (HTTP requests
-                        // just read, the node task handling them), so messages they
-                        // queue for this peer share the frame: one sendto fewer for
-                        // every message that joins. 16-client reads: 1.05 → 0.83
-                        // frames sent per read, +3–7 % reads/s (BENCHMARKS.md).
-                        if queued.len() < WRITE_BATCH {
-                            tokio::task::yield_now().await;
-                            while queued.len() < WRITE_BATCH {
-                                match rx.try_recv() {
-                                    Ok(m) => queued.push(m),
-                                    Err(_) => break,
-                                }
+        arrivals.borrow_and_update();
+        let reverse = inner
+            .reverse
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(&to))
+            .filter(|c| !c.closed.load(Ordering::Relaxed));
+        let conn = match reverse {
+            Some(conn) => Some(conn),
+            None => {
+                let addr = inner.book.lock().ok().and_then(|b| b.get(&to).cloned());
+                match addr {
+                    None => None,
+                    Some(addr) => match dial(&inner, &addr).await {
+                        Ok((h, conn, incoming)) if h.id == to => {
+                            if failures > 0 {
+                                tracing::info!(peer = %to, %addr, "reconnected to peer");
                             }
+                            // Best effort: a full channel means the driver is busy, and the
+                            // peer's inbound handshake reports it as well.
+                            let _ = inner.incoming.try_send(Incoming::Peer(h));
+                            bump(&inner.counters.connections_dialed, 1);
+                            spawn_reader(inner.clone(), to, addr, incoming);
+                            Some(conn)
                         }
-                        let mut ok = true;
-                        for m in queued.drain(..) {
-                            if !frame.fits(&m, inner.max_frame) {
-                                ok =
-                                    ok && conn.write(&inner, &frame.take_plaintext()).await.is_ok();
+                        Ok((h, _, _)) => {
+                            failures += 1;
+                            tracing::warn!(peer = %to, %addr, "address {addr} belongs to {}, not {to}", h.id);
+                            None
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            if failures == 1 {
+                                tracing::warn!(peer = %to, "{e:#}");
+                            } else {
+                                tracing::debug!(peer = %to, failures, "{e:#}");
                             }
-                            frame.push(m);
+                            None
                         }
-                        if !frame.is_empty() {
-                            ok = ok && conn.write(&inner, &frame.take_plaintext()).await.is_ok();
-                        }
-                        if !ok || conn.w.flush().await.is_err() {
-                            break;
-                        }
-                    }
+                    },
                 }
-                Ok((h, _)) => {
-                    failures += 1;
-                    tracing::warn!(peer = %to, %addr, "address {addr} belongs to {}, not {to}", h.id);
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::warn!(peer = %to, "{e:#}");
-                    } else {
-                        tracing::debug!(peer = %to, failures, "{e:#}");
-                    }
-                }
+            }
+        };
+        if let Some(conn) = conn {
+            failures = 0;
+            backoff = BACKOFF_MIN;
+            match write_queued(&inner, to, &mut rx, &mut queued, &mut arrivals, conn).await {
+                WriteEnd::Closed => return,
+                WriteEnd::Switch => continue,
+                WriteEnd::Failed => {}
             }
         }
         let mut stop = inner.shutdown.subscribe();
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
+            // The lower id connected to us: no need to wait for our own dial.
+            _ = arrivals.changed() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Writes queued messages over `conn` until the queue closes, the connection fails,
+/// or another connection should take over. Everything queued goes out in as few
+/// frames as fit.
+async fn write_queued(
+    inner: &Inner,
+    to: NodeId,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    queued: &mut Vec<Vec<u8>>,
+    arrivals: &mut watch::Receiver<u64>,
+    mut conn: OutConn,
+) -> WriteEnd {
+    let mut frame = frame::Batch::default();
+    loop {
+        if queued.is_empty() && rx.recv_many(queued, WRITE_BATCH).await == 0 {
+            return WriteEnd::Closed;
+        }
+        // Let every task that is ready run first (HTTP requests just read, the node
+        // task handling them), so messages they queue for this peer share the frame:
+        // one sendto fewer for every message that joins. 16-client reads: 1.05 → 0.83
+        // frames sent per read, +3–7 % reads/s (BENCHMARKS.md).
+        if queued.len() < WRITE_BATCH {
+            tokio::task::yield_now().await;
+            while queued.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => queued.push(m),
+                    Err(_) => break,
+                }
+            }
+        }
+        if conn.closed.load(Ordering::Relaxed) {
+            return WriteEnd::Failed;
+        }
+        if arrivals.has_changed().unwrap_or(false) {
+            arrivals.borrow_and_update();
+            if inner.reverse.lock().is_ok_and(|r| r.contains_key(&to)) {
+                return WriteEnd::Switch;
+            }
+        }
+        let mut ok = true;
+        for m in queued.drain(..) {
+            if !frame.fits(&m, inner.max_frame) {
+                ok = ok && conn.write(inner, &frame.take_plaintext()).await.is_ok();
+            }
+            frame.push(m);
+        }
+        if !frame.is_empty() {
+            ok = ok && conn.write(inner, &frame.take_plaintext()).await.is_ok();
+        }
+        if !ok || conn.w.flush().await.is_err() {
+            return WriteEnd::Failed;
+        }
+    }
+}
+
+/// Delivers what the acceptor of a connection we dialed sends back on it, until the
+/// connection closes or the transport stops.
+fn spawn_reader(inner: Arc<Inner>, from: NodeId, addr: String, conn: InConn) {
+    let mut stop = inner.shutdown.subscribe();
+    tokio::spawn(async move {
+        let tx = inner.incoming.clone();
+        tokio::select! {
+            _ = read_messages(&inner, conn.r, conn.state, from, &addr, &tx, None) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        conn.closed.store(true, Ordering::Relaxed);
+    });
 }
 
 impl Transport {
@@ -684,6 +829,8 @@ impl Transport {
             max_frame: cfg.max_frame,
             book: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            reverse: Mutex::new(HashMap::new()),
+            reverse_gen: watch::channel(0).0,
             counters: Counters::default(),
             log_limit: Mutex::new(log_limit::LogLimiter::default()),
             shutdown,
@@ -778,7 +925,7 @@ impl Transport {
     /// seed address to an id). A clear error when the peer refuses us (wrong key,
     /// cluster or parameters) or is unreachable.
     pub async fn hello(&self, peer_addr: &str) -> anyhow::Result<Hello> {
-        let (h, _conn) = dial(&self.inner, peer_addr).await?;
+        let (h, _, _) = dial(&self.inner, peer_addr).await?;
         Ok(h)
     }
 
@@ -794,6 +941,7 @@ impl Transport {
             dropped_queue_full: g(&c.dropped_queue_full),
             dropped_no_addr: g(&c.dropped_no_addr),
             dropped_too_large: g(&c.dropped_too_large),
+            connections_dialed: g(&c.connections_dialed),
             rejected: Rejected {
                 bad_mac: g(&c.rejected[0]),
                 replay: g(&c.rejected[1]),
@@ -811,6 +959,9 @@ impl Transport {
         self.inner.shutdown.send_replace(true);
         if let Ok(mut p) = self.inner.peers.lock() {
             p.clear();
+        }
+        if let Ok(mut r) = self.inner.reverse.lock() {
+            r.clear();
         }
     }
 }

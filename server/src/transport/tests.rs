@@ -187,13 +187,13 @@ async fn different_cluster_or_params_are_refused_clearly() {
 }
 
 /// Dials `target` as node 9 by hand, so tests can write arbitrary bytes.
-async fn raw(target: &Transport) -> (Arc<Inner>, OutConn) {
+async fn raw(target: &Transport) -> (Arc<Inner>, OutConn, InConn) {
     let (me, _rx) = start(9).await;
-    let (h, conn) = dial(&me.inner, &target.local_addr().to_string())
+    let (h, conn, incoming) = dial(&me.inner, &target.local_addr().to_string())
         .await
         .unwrap();
     assert_eq!(h.id, target.inner.hello.id);
-    (me.inner.clone(), conn)
+    (me.inner.clone(), conn, incoming)
 }
 
 fn frame_for(inner: &Inner, conn: &mut OutConn, msg: &Message) -> Vec<u8> {
@@ -208,9 +208,9 @@ async fn write_raw(conn: &mut OutConn, bytes: &[u8]) {
 }
 
 /// The acceptor closed the connection: reading gives EOF (or a reset).
-async fn closed(conn: &mut OutConn) {
+async fn closed(conn: &mut InConn) {
     let mut b = [0u8; 1];
-    let r = timeout(Duration::from_secs(5), conn._r.read(&mut b)).await;
+    let r = timeout(Duration::from_secs(5), conn.r.read(&mut b)).await;
     assert!(
         matches!(r, Ok(Ok(0)) | Ok(Err(_))),
         "connection still open: {r:?}"
@@ -220,15 +220,15 @@ async fn closed(conn: &mut OutConn) {
 #[tokio::test]
 async fn tampered_frame_is_bad_mac_and_closes() {
     let (a, mut arx) = start(0).await;
-    let (inner, mut conn) = raw(&a).await;
+    let (inner, mut conn, mut back) = raw(&a).await;
     let mut f = frame_for(&inner, &mut conn, &ping(1));
     let last = f.len() - 1;
     f[last] ^= 0x01;
     write_raw(&mut conn, &f).await;
     until(&a, "bad_mac", |s| s.rejected.bad_mac == 1).await;
-    closed(&mut conn).await;
+    closed(&mut back).await;
     // Tampering with the (authenticated) header is caught too.
-    let (inner, mut conn) = raw(&a).await;
+    let (inner, mut conn, _back) = raw(&a).await;
     let mut f = frame_for(&inner, &mut conn, &ping(1));
     f[4 + 30] ^= 0x80; // a sequence number byte
     write_raw(&mut conn, &f).await;
@@ -239,23 +239,23 @@ async fn tampered_frame_is_bad_mac_and_closes() {
 #[tokio::test]
 async fn replayed_frames_are_rejected_on_the_same_and_a_new_connection() {
     let (a, mut arx) = start(0).await;
-    let (inner, mut conn) = raw(&a).await;
+    let (inner, mut conn, mut back) = raw(&a).await;
     let f = frame_for(&inner, &mut conn, &ping(1));
     write_raw(&mut conn, &f).await;
     assert_eq!(next_msg(&mut arx).await, (NodeId(9), ping(1)));
     write_raw(&mut conn, &f).await;
     until(&a, "replay", |s| s.rejected.replay == 1).await;
-    closed(&mut conn).await;
+    closed(&mut back).await;
 
     // Recorded on one connection, injected into another.
-    let (inner, mut c1) = raw(&a).await;
+    let (inner, mut c1, _b1) = raw(&a).await;
     let f = frame_for(&inner, &mut c1, &ping(2));
     write_raw(&mut c1, &f).await;
     assert_eq!(next_msg(&mut arx).await, (NodeId(9), ping(2)));
-    let (_, mut c2) = raw(&a).await;
+    let (_, mut c2, mut b2) = raw(&a).await;
     write_raw(&mut c2, &f).await;
     until(&a, "cross-connection replay", |s| s.rejected.replay == 2).await;
-    closed(&mut c2).await;
+    closed(&mut b2).await;
     no_message(&mut arx).await;
 }
 
@@ -270,11 +270,11 @@ async fn no_message(rx: &mut mpsc::Receiver<Incoming>) {
 #[tokio::test]
 async fn oversize_prefix_closes_without_allocating() {
     let (a, _arx) = start(0).await;
-    let (_, mut conn) = raw(&a).await;
+    let (_, mut conn, mut back) = raw(&a).await;
     // 4 GiB announced: rejected from the prefix alone.
     write_raw(&mut conn, &[0xff, 0xff, 0xff, 0xff]).await;
     until(&a, "oversize", |s| s.rejected.oversize == 1).await;
-    closed(&mut conn).await;
+    closed(&mut back).await;
     // Before the handshake too.
     let mut s = TcpStream::connect(a.local_addr()).await.unwrap();
     let mut pre = [0u8; 20];
@@ -390,4 +390,128 @@ async fn sender_reconnects_after_the_peer_restarts() {
             "never reconnected"
         );
     }
+}
+
+/// Every `Incoming::Message` delivered within 5 s, until `n` arrived.
+async fn collect(rx: &mut mpsc::Receiver<Incoming>, n: usize) -> Vec<(NodeId, Message)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.push(next_msg(rx).await);
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_pair_shares_the_connection_the_lower_id_dialed() {
+    let (a, mut arx) = start(0).await;
+    let (b, mut brx) = start(1).await;
+    a.set_addr(NodeId(1), b.local_addr().to_string());
+    b.set_addr(NodeId(0), a.local_addr().to_string());
+    a.send(NodeId(1), &ping(1));
+    assert_eq!(next_msg(&mut brx).await, (NodeId(0), ping(1)));
+    // b answers over a's connection: it never dials.
+    for i in 0..20 {
+        b.send(NodeId(0), &ping(100 + i));
+        a.send(NodeId(1), &ping(200 + i));
+    }
+    let to_a = collect(&mut arx, 20).await;
+    let to_b = collect(&mut brx, 20).await;
+    assert_eq!(
+        to_a,
+        (0..20)
+            .map(|i| (NodeId(1), ping(100 + i)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        to_b,
+        (0..20)
+            .map(|i| (NodeId(0), ping(200 + i)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(a.stats().connections_dialed, 1);
+    assert_eq!(b.stats().connections_dialed, 0, "{:?}", b.stats());
+    assert_eq!(a.stats().rejected.total() + b.stats().rejected.total(), 0);
+}
+
+#[tokio::test]
+async fn the_higher_id_dials_until_the_lower_one_connects_then_moves_over() {
+    let (a, mut arx) = start(0).await;
+    let (b, mut brx) = start(1).await;
+    // b knows a (a joiner a has not heard of): it dials a itself.
+    b.set_addr(NodeId(0), a.local_addr().to_string());
+    b.send(NodeId(0), &ping(1));
+    assert_eq!(next_msg(&mut arx).await, (NodeId(1), ping(1)));
+    assert_eq!(b.stats().connections_dialed, 1);
+    // a learns b and talks to it: b's frames move to a's connection.
+    a.set_addr(NodeId(1), b.local_addr().to_string());
+    a.send(NodeId(1), &ping(2));
+    assert_eq!(next_msg(&mut brx).await, (NodeId(0), ping(2)));
+    for i in 0..50 {
+        b.send(NodeId(0), &ping(10 + i));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Nothing queued is lost in the move (the protocols tolerate loss, but a move
+    // between two healthy connections should not cause any).
+    let got = collect(&mut arx, 50).await;
+    let mut nonces: Vec<u64> = got
+        .iter()
+        .map(|(_, m)| match m {
+            Message::Detector(detector::Msg::Ping { nonce }) => *nonce,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    nonces.sort();
+    assert_eq!(nonces, (10..60).collect::<Vec<_>>());
+    // And b does not dial again while a's connection lasts.
+    assert_eq!(b.stats().connections_dialed, 1);
+    assert_eq!(a.stats().rejected.total() + b.stats().rejected.total(), 0);
+}
+
+#[tokio::test]
+async fn the_higher_id_dials_again_when_the_lower_one_goes_away() {
+    let (a, _arx) = start(0).await;
+    let (b, mut brx) = start(1).await;
+    let a_addr = a.local_addr();
+    a.set_addr(NodeId(1), b.local_addr().to_string());
+    b.set_addr(NodeId(0), a_addr.to_string());
+    a.send(NodeId(1), &ping(1));
+    assert_eq!(next_msg(&mut brx).await, (NodeId(0), ping(1)));
+    a.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let l = loop {
+        match TcpListener::bind(a_addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut h = hello(0);
+    h.peer_addr = a_addr.to_string();
+    let (_a2, mut a2rx) = Transport::start(
+        l,
+        TransportConfig {
+            hello: h,
+            keys: key(1),
+            queue_per_peer: 64,
+            max_frame: 1 << 20,
+        },
+    )
+    .unwrap();
+    // The restarted a has nothing to send: b must dial it to be heard.
+    let start = Instant::now();
+    let mut n = 100;
+    loop {
+        b.send(NodeId(0), &ping(n));
+        if let Ok(Some(Incoming::Message { from, .. })) =
+            timeout(Duration::from_millis(100), a2rx.recv()).await
+        {
+            assert_eq!(from, NodeId(1));
+            break;
+        }
+        n += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "b never dialed a"
+        );
+    }
+    assert!(b.stats().connections_dialed >= 1);
 }
