@@ -225,6 +225,20 @@ impl Ring {
         Ring::from_parts(1, n, owners, zones)
     }
 
+    /// A ring from its facts as a node reports them (`GET /cluster`: version, N, the
+    /// owner of each partition and each owner's zone), validated exactly like a ring
+    /// received from a peer — so a client computes the same preference lists as the
+    /// cluster. Errors for a partition count that is not a power of two, an owner
+    /// without a zone, or an invalid N.
+    pub fn from_owners(
+        version: u64,
+        n: usize,
+        owners: Vec<NodeId>,
+        zones: BTreeMap<NodeId, String>,
+    ) -> Result<Ring, RingError> {
+        Ring::from_parts(version, n, owners, zones)
+    }
+
     /// Validates the facts and rebuilds the derived cache.
     fn from_parts(
         version: u64,

@@ -1,9 +1,10 @@
 // End-to-end: the explorer's Live tab attached to a real `ringlab serve` node.
 // Starts one node (target/debug/ringlab, or $RINGLAB_BIN) that allows the page's
 // origin, opens /?live=URL, and checks: the stream opens and the membership view
-// lists the node; a write made with plain HTTP shows up in the live log in the
-// explorer's wording; killing the node is shown as "retrying", and restarting it
-// reattaches on its own; Disconnect closes the stream.
+// lists the node; its ring is drawn and a typed key shows its replicas; a write made
+// with plain HTTP shows up in the live log in the explorer's wording; killing the
+// node is shown as "retrying", and restarting it reattaches on its own; Disconnect
+// closes the stream.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -65,6 +66,12 @@ try {
   check(await page.isVisible('[data-testid="live"]'), "?live= opens the Live tab and attaches to the node");
   await page.waitForSelector('[data-testid="live-member-A"]', { timeout: 20000 });
   check((await page.textContent('[data-testid="live-member-A"]')).includes("up"), "the membership view lists A as up");
+  check((await page.locator('[data-testid="live-ring"] path').count()) >= 1, "the node's ring is drawn (partition arcs)");
+  await page.fill('[data-testid="live-key"]', "greeting");
+  const where = await page.textContent('[data-testid="live-key-replicas"]');
+  check(/partition \d+, replicas A$/.test(where), `a typed key shows its partition and replicas (${where})`);
+  check((await page.getAttribute('[data-testid="live-ring-node-A"]', "data-replica")) === "true", "the key's replica is marked on the ring");
+  check(await page.isVisible('[data-testid="live-key-tick"]'), "the key's position is marked on the ring");
 
   const put = await fetch(`${nodeUrl}/kv/greeting`, { method: "PUT", body: "hello" });
   check(put.status === 204, `a write through the node's HTTP API (${put.status})`);

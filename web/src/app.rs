@@ -175,25 +175,25 @@ const KINDS: [(MessageKind, &str); 9] = [
     (MessageKind::Transfer, "partition transfer"),
 ];
 
-fn owner_color(i: u32) -> String {
+pub(crate) fn owner_color(i: u32) -> String {
     format!("hsl({:.0},60%,62%)", (f64::from(i) * 137.508) % 360.0)
 }
 
-const CX: f64 = 320.0;
-const CY: f64 = 320.0;
-const R_PART: f64 = 215.0;
+pub(crate) const CX: f64 = 320.0;
+pub(crate) const CY: f64 = 320.0;
+pub(crate) const R_PART: f64 = 215.0;
 const R_NODE: f64 = 270.0;
 
 fn node_angle(i: usize, n: usize) -> f64 {
     2.0 * PI * i as f64 / n.max(1) as f64 - PI / 2.0
 }
 
-fn node_pos(i: usize, n: usize) -> (f64, f64) {
+pub(crate) fn node_pos(i: usize, n: usize) -> (f64, f64) {
     let a = node_angle(i, n);
     (CX + R_NODE * a.cos(), CY + R_NODE * a.sin())
 }
 
-fn arc(r: f64, a0: f64, a1: f64) -> String {
+pub(crate) fn arc(r: f64, a0: f64, a1: f64) -> String {
     let (x0, y0) = (CX + r * a0.cos(), CY + r * a0.sin());
     let (x1, y1) = (CX + r * a1.cos(), CY + r * a1.sin());
     let large = i32::from(a1 - a0 > PI);

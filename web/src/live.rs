@@ -92,6 +92,37 @@ impl ClusterView {
     pub fn owned(&self, id: &str) -> usize {
         self.partitions.iter().filter(|o| *o == id).count()
     }
+
+    /// The node's active ring, rebuilt with the core's rules: the owners as listed,
+    /// each with the zone the node reports for it.
+    pub fn ring(&self) -> Result<ringlab_core::Ring, String> {
+        let id = |s: &str| {
+            ringlab_core::NodeId::parse(s).ok_or_else(|| format!("{s:?} is not a node id"))
+        };
+        let owners = self
+            .partitions
+            .iter()
+            .map(|o| id(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut zones = BTreeMap::new();
+        for m in &self.nodes {
+            let i = id(&m.id)?;
+            if owners.contains(&i) {
+                zones.insert(i, m.zone.clone());
+            }
+        }
+        ringlab_core::Ring::from_owners(self.ring_version, self.n, owners, zones)
+            .map_err(|e| format!("the node's ring is not valid: {e}"))
+    }
+
+    /// Where `key` lives in this view: its partition and its N replicas, in order.
+    pub fn replicas_of(&self, key: &str) -> Result<(u32, Vec<String>), String> {
+        let pl = self.ring()?.preference_list(key.as_bytes());
+        Ok((
+            pl.partition.0,
+            pl.primaries.iter().map(|n| n.to_string()).collect(),
+        ))
+    }
 }
 
 /// Decodes `GET /cluster`.
@@ -162,6 +193,8 @@ pub enum Msg {
     Cluster(Result<ClusterView, String>),
     /// Clear the log.
     Clear,
+    /// The key looked up on the ring changed.
+    Key(String),
 }
 
 /// An open `EventSource` and the callbacks it holds (closed on drop).
@@ -190,6 +223,7 @@ pub struct LiveView {
     undecodable: Option<String>,
     cluster: Option<Result<ClusterView, String>>,
     last_fetch_ms: f64,
+    key: String,
 }
 
 /// The `?live=` query parameter of the page, if any.
@@ -228,6 +262,7 @@ impl Component for LiveView {
             undecodable: None,
             cluster: None,
             last_fetch_ms: f64::NEG_INFINITY,
+            key: String::new(),
         }
     }
 
@@ -287,6 +322,7 @@ impl Component for LiveView {
             },
             Msg::Lagged(n) => self.skipped += n.trim().parse::<u64>().unwrap_or(0),
             Msg::Cluster(c) => self.cluster = Some(c),
+            Msg::Key(k) => self.key = k,
             Msg::Clear => {
                 self.lines.clear();
                 self.counts.clear();
@@ -336,7 +372,7 @@ impl Component for LiveView {
                     if self.skipped > 0 { { format!(" · {} skipped by the node (this page fell behind)", self.skipped) } }
                 </div>
                 if let Some(e) = &self.undecodable { <div class="small muted">{ e }</div> }
-                { self.cluster_view() }
+                { self.cluster_view(ctx) }
                 if !self.counts.is_empty() {
                     <div class="small" data-testid="live-counts">{ for self.counts.iter().map(|(k, n)| html!{ <span class="chip">{ format!("{k} {n}") }</span> }) }</div>
                 }
@@ -353,7 +389,7 @@ impl Component for LiveView {
 }
 
 impl LiveView {
-    fn cluster_view(&self) -> Html {
+    fn cluster_view(&self, ctx: &Context<Self>) -> Html {
         match &self.cluster {
             None => html! {},
             Some(Err(e)) => {
@@ -373,8 +409,95 @@ impl LiveView {
                             </tr>
                         }) }
                     </table>
+                    { self.ring_view(ctx, c) }
                 </div>
             },
+        }
+    }
+
+    /// The node's ring: partition arcs in their owner's colour, members around it in
+    /// their status's colour, and the replicas of a typed key.
+    fn ring_view(&self, ctx: &Context<Self>, c: &ClusterView) -> Html {
+        use crate::app::{arc, node_pos, owner_color, CX, CY, R_PART};
+        use std::f64::consts::PI;
+        let q = c.partitions.len().max(1);
+        let color_of = |id: &str| {
+            owner_color(
+                ringlab_core::NodeId::parse(id)
+                    .map(|n| n.0)
+                    .unwrap_or_default(),
+            )
+        };
+        let mut arcs = Vec::new();
+        let mut start = 0;
+        for p in 1..=c.partitions.len() {
+            if p < c.partitions.len() && c.partitions[p] == c.partitions[start] {
+                continue;
+            }
+            let a = |i: usize| 2.0 * PI * i as f64 / q as f64 - PI / 2.0;
+            let owner = &c.partitions[start];
+            arcs.push(html! { <path d={arc(R_PART, a(start) + 0.004, a(p) - 0.004)} stroke={color_of(owner)} stroke-width="18" fill="none">
+                <title>{ format!("partitions {start}–{} owned by {owner}", p - 1) }</title></path> });
+            start = p;
+        }
+        let lookup = (!self.key.is_empty()).then(|| c.replicas_of(&self.key));
+        let replicas: Vec<String> = match &lookup {
+            Some(Ok((_, r))) => r.clone(),
+            _ => Vec::new(),
+        };
+        // The key's position, as the simulator's ring marks it.
+        let tick = matches!(lookup, Some(Ok(_))).then(|| {
+            let pos = ringlab_core::ring::key_position(self.key.as_bytes());
+            let a = (pos as f64 / 18_446_744_073_709_551_616.0) * 2.0 * PI - PI / 2.0;
+            let at = |r: f64| (format!("{:.1}", CX + r * a.cos()), format!("{:.1}", CY + r * a.sin()));
+            let ((x0, y0), (x1, y1)) = (at(R_PART - 20.0), at(R_PART + 12.0));
+            html! { <line x1={x0} y1={y0} x2={x1} y2={y1} stroke="#111" stroke-width="5" data-testid="live-key-tick"/> }
+        });
+        let count = c.nodes.len();
+        let nodes = c.nodes.iter().enumerate().map(|(i, m)| {
+            let (x, y) = node_pos(i, count);
+            let fill = match m.status.as_str() {
+                "up" => "#4caf50",
+                "unreachable" => "#ff9800",
+                "dead" => "#d32f2f",
+                "joining" => "#03a9f4",
+                "leaving" => "#9c27b0",
+                _ => "#777",
+            };
+            let replica = replicas.contains(&m.id);
+            html! { <g data-testid={format!("live-ring-node-{}", m.id)} data-replica={replica.to_string()}>
+                <circle cx={format!("{x:.1}")} cy={format!("{y:.1}")} r="26" fill="none" stroke={color_of(&m.id)} stroke-width="6"/>
+                <circle cx={format!("{x:.1}")} cy={format!("{y:.1}")} r="20" fill={fill}
+                    stroke={if replica { "#f5b700" } else { "#fff" }} stroke-width={if replica { "6" } else { "2" }}/>
+                <text x={format!("{x:.1}")} y={format!("{:.1}", y + 7.0)} text-anchor="middle" class="nodename">{ &m.id }</text>
+                <title>{ format!("{} ({}): {}", m.id, m.zone, m.status) }</title>
+            </g> }
+        });
+        let oninput = ctx.link().callback(|e: InputEvent| {
+            Msg::Key(
+                e.target_dyn_into::<web_sys::HtmlInputElement>()
+                    .map(|i| i.value())
+                    .unwrap_or_default(),
+            )
+        });
+        html! {
+            <div class="liveringbox">
+                <svg viewBox="0 0 640 640" class="livering" data-testid="live-ring">
+                    <circle cx={CX.to_string()} cy={CY.to_string()} r={R_PART.to_string()} fill="none" stroke="#eee" stroke-width="20"/>
+                    { for arcs }
+                    { for tick }
+                    { for nodes }
+                    <text x="320" y="326" text-anchor="middle" class="center">{ format!("ring v{} · Q={}", c.ring_version, c.partitions.len()) }</text>
+                </svg>
+                <div class="row small">
+                    <input data-testid="live-key" placeholder="a key: where does it live?" value={self.key.clone()} {oninput}/>
+                </div>
+                <div class="small" data-testid="live-key-replicas">{ match &lookup {
+                    None => String::new(),
+                    Some(Ok((p, r))) => format!("{:?} → partition {p}, replicas {}", self.key, r.join(", ")),
+                    Some(Err(e)) => e.clone(),
+                } }</div>
+            </div>
         }
     }
 }
@@ -506,6 +629,71 @@ mod tests {
         assert_eq!(c.nodes[0].status, "up");
         assert_eq!((c.nodes[0].phi, c.nodes[1].phi), (None, Some(0.42)));
         assert!(parse_cluster("{}").is_err());
+    }
+
+    /// The Live tab's replicas of a key are the core's preference list for the ring
+    /// the node reports (zones included), not a re-implementation.
+    #[test]
+    fn a_keys_replicas_are_the_cores_preference_list_for_the_reported_ring() {
+        use ringlab_core::{NodeId, Ring};
+        let members: Vec<(NodeId, String)> = (0..5)
+            .map(|i| (NodeId(i), format!("z{}", i % 3 + 1)))
+            .collect();
+        let ring = Ring::new(16, 3, &members).unwrap();
+        let view = ClusterView {
+            node: "A".into(),
+            ring_version: 1,
+            n: 3,
+            partitions: ring.owners().iter().map(|o| o.to_string()).collect(),
+            nodes: members
+                .iter()
+                .map(|(id, zone)| Member {
+                    id: id.to_string(),
+                    status: "up".into(),
+                    zone: zone.clone(),
+                    generation: 1,
+                    http_addr: String::new(),
+                    phi: None,
+                })
+                .collect(),
+            pending_ring_version: None,
+        };
+        for key in ["greeting", "k-1", "k-2", "", "∂"] {
+            let pl = ring.preference_list(key.as_bytes());
+            let want: Vec<String> = pl.primaries.iter().map(|n| n.to_string()).collect();
+            assert_eq!(
+                view.replicas_of(key).unwrap(),
+                (pl.partition.0, want),
+                "{key:?}"
+            );
+        }
+        // A member that owns nothing (a joiner) does not change the answer.
+        let mut joining = view.clone();
+        joining.nodes.push(Member {
+            id: "F".into(),
+            status: "joining".into(),
+            zone: "z9".into(),
+            generation: 1,
+            http_addr: String::new(),
+            phi: None,
+        });
+        assert_eq!(
+            joining.replicas_of("greeting"),
+            view.replicas_of("greeting")
+        );
+        // Views that are not a ring say so instead of guessing.
+        let mut bad = view.clone();
+        bad.partitions.pop();
+        assert!(bad.replicas_of("greeting").is_err(), "15 partitions");
+        let mut bad = view.clone();
+        bad.partitions[0] = "??".into();
+        assert!(bad.replicas_of("greeting").is_err(), "unknown owner");
+        let mut bad = view;
+        bad.nodes.remove(0);
+        assert!(
+            bad.replicas_of("greeting").is_err(),
+            "an owner without a zone"
+        );
     }
 
     #[test]
