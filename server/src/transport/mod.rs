@@ -727,11 +727,20 @@ async fn writer(inner: Arc<Inner>, to: NodeId, mut rx: mpsc::Receiver<Vec<u8>>) 
             }
         }
         let mut stop = inner.shutdown.subscribe();
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            // The lower id connected to us: no need to wait for our own dial.
-            _ = arrivals.changed() => {}
-            _ = stop.wait_for(|s| *s) => return,
+        let deadline = tokio::time::Instant::now() + backoff;
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                // The lower id connected to us: no need to wait for our own dial.
+                // (Another peer's arrival is not a reason to retry early.)
+                changed = arrivals.changed(), if watching => match changed {
+                    Err(_) => watching = false,
+                    Ok(()) if inner.reverse.lock().is_ok_and(|r| r.contains_key(&to)) => break,
+                    Ok(()) => {}
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
