@@ -478,7 +478,7 @@ pub struct Report {
 
 impl Report {
     fn print_text(&self) {
-        println!(
+        crate::outln!(
             "target {} ({}), {} clients, {} keys, {} B values, {:.0}% reads, {:.1} s measured",
             self.target,
             self.nodes.join(","),
@@ -488,23 +488,31 @@ impl Report {
             self.reads_fraction * 100.0,
             self.duration_s
         );
-        println!(
+        crate::outln!(
             "ops {}  ({:.0} ops/s)  reads {}  writes {}  not found {}",
-            self.ops, self.ops_per_s, self.reads, self.writes, self.not_found
+            self.ops,
+            self.ops_per_s,
+            self.reads,
+            self.writes,
+            self.not_found
         );
-        println!(
+        crate::outln!(
             "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms
         );
         if self.errors.is_empty() {
-            println!("errors: none");
+            crate::outln!("errors: none");
         } else {
             let parts: Vec<String> = self
                 .errors
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect();
-            println!(
+            crate::outln!(
                 "errors: {} ({})",
                 self.errors.values().sum::<u64>(),
                 parts.join(", ")
@@ -544,7 +552,7 @@ fn key_name(prefix: &str, k: u64) -> String {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = measure(&args).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         report.print_text();
     }

@@ -152,7 +152,7 @@ pub async fn put(a: PutArgs) -> anyhow::Result<ExitCode> {
     if !r.status().is_success() {
         return Ok(report_error(r).await);
     }
-    println!("{}", context_of(&r).unwrap_or_default());
+    crate::outln!("{}", context_of(&r).unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -185,7 +185,7 @@ pub async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(s["value"].as_str().unwrap_or(""))
                     .unwrap_or_default();
-                println!("[{i}] {}", String::from_utf8_lossy(&raw));
+                crate::outln!("[{i}] {}", String::from_utf8_lossy(&raw));
             }
             eprintln!("context: {}", v["context"].as_str().unwrap_or(""));
             Ok(ExitCode::SUCCESS)
@@ -211,7 +211,7 @@ pub async fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
     if !r.status().is_success() {
         return Ok(report_error(r).await);
     }
-    println!("deleted");
+    crate::outln!("deleted");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -232,7 +232,7 @@ async fn admin(node: &str, path: &str) -> anyhow::Result<ExitCode> {
         return Ok(report_error(r).await);
     }
     let v: Value = r.json().await.context("reading the answer")?;
-    println!("{}", v["message"].as_str().unwrap_or("accepted"));
+    crate::outln!("{}", v["message"].as_str().unwrap_or("accepted"));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -244,7 +244,7 @@ pub async fn status(a: NodeArg) -> anyhow::Result<ExitCode> {
         return Ok(report_error(r).await);
     }
     let v: Value = r.json().await.context("reading /cluster")?;
-    print!("{}", format_status(&v));
+    crate::out!("{}", format_status(&v));
     Ok(ExitCode::SUCCESS)
 }
 

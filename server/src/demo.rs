@@ -115,30 +115,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         stop(&mut nodes).await;
         bail!("demo failed");
     }
-    println!(
+    crate::outln!(
         "Ringlab demo: {} nodes on 127.0.0.1 (folder {})",
         nodes.len(),
         dir.display()
     );
     for node in &nodes {
-        println!("  node {}  http://{}", node.id, node.http);
+        crate::outln!("  node {}  http://{}", node.id, node.http);
     }
     let first = &nodes[0].http;
-    println!("\nTry:");
-    println!("  curl -i -X PUT --data-binary hello http://{first}/kv/greeting");
-    println!("  curl -i http://{first}/kv/greeting");
-    println!("  curl -s http://{first}/cluster");
-    println!("  curl -s http://{first}/metrics | grep ringlab_hints_pending");
-    println!("  ringlab status --node http://{first}");
-    println!("  curl -N http://{first}/events");
-    println!(
+    crate::outln!("\nTry:");
+    crate::outln!("  curl -i -X PUT --data-binary hello http://{first}/kv/greeting");
+    crate::outln!("  curl -i http://{first}/kv/greeting");
+    crate::outln!("  curl -s http://{first}/cluster");
+    crate::outln!("  curl -s http://{first}/metrics | grep ringlab_hints_pending");
+    crate::outln!("  ringlab status --node http://{first}");
+    crate::outln!("  curl -N http://{first}/events");
+    crate::outln!(
         "\nLive view: run `bash web/serve.sh`, open http://127.0.0.1:8080/, tab Live, \
          node http://{first}"
     );
     if !args.logs {
-        println!("\nLogs: {}/<id>.log", dir.display());
+        crate::outln!("\nLogs: {}/<id>.log", dir.display());
     }
-    println!("Ctrl-C stops the cluster.");
+    crate::outln!("Ctrl-C stops the cluster.");
     let stop_signal = crate::serve::shutdown_signal();
     tokio::pin!(stop_signal);
     loop {
@@ -158,7 +158,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("\nstopping…");
+    crate::outln!("\nstopping…");
     stop(&mut nodes).await;
     if !args.keep && args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);

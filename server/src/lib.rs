@@ -11,6 +11,7 @@ pub mod demo;
 pub mod driver;
 pub mod metrics;
 pub mod serve;
+pub mod stdout;
 pub mod storage;
 pub mod transport;
 pub mod wal;

@@ -58,8 +58,18 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Keygen = cli.cmd {
-        print!("{}", ringlab_server::transport::KeyRing::generate_file());
-        return ExitCode::SUCCESS;
+        // Not through `ringlab_server::out!`: a key that could not be written in
+        // full, to a closed pipe too, must fail loudly.
+        use std::io::Write as _;
+        let key = ringlab_server::transport::KeyRing::generate_file();
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(key.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the key: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     // `serve` resolves its configuration first: it chooses the runtime.
     let mut serve_cfg = None;
