@@ -1,19 +1,20 @@
 //! The CLI with nobody reading its output (`ringlab status … | head -0`): a closed
 //! stdout is not a crash (std's `println!` panics on it), except where the output
 //! is the point — `ringlab keygen` must fail loudly rather than leave a key file
-//! that looks written. The pipes' read ends are closed before the commands start,
+//! that looks written. The read ends are closed before the commands start,
 //! so the outcome does not depend on timing.
 
 use ringlab_tests::{ringlab_bin, Cluster, ClusterOpts};
 use std::process::{Command, Output};
 
-/// Runs `ringlab args…` with stdout a pipe whose reader is already gone.
+/// Runs `ringlab args…` with stdout a socket whose reader is already gone (writes
+/// fail with EPIPE, as into a closed pipe).
 fn with_closed_stdout(args: &[&str]) -> Output {
-    let (reader, writer) = std::io::pipe().expect("pipe");
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
     drop(reader);
     Command::new(ringlab_bin())
         .args(args)
-        .stdout(writer)
+        .stdout(std::os::fd::OwnedFd::from(writer))
         .output()
         .expect("running ringlab")
 }
