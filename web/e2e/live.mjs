@@ -1,10 +1,10 @@
 // End-to-end: the explorer's Live tab attached to a real `ringlab serve` node.
 // Starts one node (target/debug/ringlab, or $RINGLAB_BIN) that allows the page's
 // origin, opens /?live=URL, and checks: the stream opens and the membership view
-// lists the node; its ring is drawn and a typed key shows its replicas; a write made
-// with plain HTTP shows up in the live log in the explorer's wording; killing the
-// node is shown as "retrying", and restarting it reattaches on its own; Disconnect
-// closes the stream.
+// lists the node with its hint count; its ring is drawn and a typed key shows its
+// replicas; a write made with plain HTTP shows up in the live log in the explorer's
+// wording; killing the node is shown as "retrying", and restarting it reattaches on
+// its own; Disconnect closes the stream.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -66,6 +66,8 @@ try {
   check(await page.isVisible('[data-testid="live"]'), "?live= opens the Live tab and attaches to the node");
   await page.waitForSelector('[data-testid="live-member-A"]', { timeout: 20000 });
   check((await page.textContent('[data-testid="live-member-A"]')).includes("up"), "the membership view lists A as up");
+  await page.waitForSelector('[data-testid="live-hints-A"] >> text=0', { timeout: 20000 });
+  check(true, "the hints column shows A's ringlab_hints_pending from its /metrics (0)");
   check((await page.locator('[data-testid="live-ring"] path').count()) >= 1, "the node's ring is drawn (partition arcs)");
   await page.fill('[data-testid="live-key"]', "greeting");
   const where = await page.textContent('[data-testid="live-key-replicas"]');

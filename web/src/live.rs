@@ -125,6 +125,19 @@ impl ClusterView {
     }
 }
 
+/// The `ringlab_hints_pending` gauge of a node's `GET /metrics` (hints it holds for
+/// others), if the text has it.
+pub fn hints_pending(metrics: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next()? == "ringlab_hints_pending")
+            .then(|| parts.next()?.parse::<f64>().ok())
+            .flatten()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| v as u64)
+    })
+}
+
 /// Decodes `GET /cluster`.
 pub fn parse_cluster(json: &str) -> Result<ClusterView, String> {
     serde_json::from_str(json).map_err(|e| format!("unexpected /cluster answer: {e}"))
@@ -195,6 +208,10 @@ pub enum Msg {
     Clear,
     /// The key looked up on the ring changed.
     Key(String),
+    /// Time to read `/cluster` and the members' hint counts again.
+    Refresh,
+    /// A member's `ringlab_hints_pending`.
+    Hints(String, Result<u64, String>),
 }
 
 /// An open `EventSource` and the callbacks it holds (closed on drop).
@@ -202,6 +219,8 @@ struct Stream {
     source: web_sys::EventSource,
     _callbacks: Vec<Closure<dyn FnMut(web_sys::MessageEvent)>>,
     _on_error: Closure<dyn FnMut(web_sys::Event)>,
+    /// Other nodes' hint counts change without an event on this stream: poll.
+    _refresh: gloo_timers::callback::Interval,
 }
 
 impl Drop for Stream {
@@ -224,6 +243,7 @@ pub struct LiveView {
     cluster: Option<Result<ClusterView, String>>,
     last_fetch_ms: f64,
     key: String,
+    hints: BTreeMap<String, Result<u64, String>>,
 }
 
 /// The `?live=` query parameter of the page, if any.
@@ -263,6 +283,7 @@ impl Component for LiveView {
             cluster: None,
             last_fetch_ms: f64::NEG_INFINITY,
             key: String::new(),
+            hints: BTreeMap::new(),
         }
     }
 
@@ -276,6 +297,7 @@ impl Component for LiveView {
                         self.stream = Some(stream);
                         self.state = State::Connecting;
                         self.cluster = None;
+                        self.hints.clear();
                         fetch_cluster(ctx, &base);
                         self.last_fetch_ms = js_sys::Date::now();
                         self.base = Some(base);
@@ -321,7 +343,33 @@ impl Component for LiveView {
                 Err(e) => self.undecodable = Some(e),
             },
             Msg::Lagged(n) => self.skipped += n.trim().parse::<u64>().unwrap_or(0),
-            Msg::Cluster(c) => self.cluster = Some(c),
+            Msg::Cluster(c) => {
+                if let (Ok(view), Some(base)) = (&c, &self.base) {
+                    for m in &view.nodes {
+                        if matches!(m.status.as_str(), "left" | "removed") || m.http_addr.is_empty()
+                        {
+                            continue;
+                        }
+                        let url = if m.id == view.node {
+                            format!("{base}/metrics")
+                        } else {
+                            format!("http://{}/metrics", m.http_addr)
+                        };
+                        fetch_hints(ctx, m.id.clone(), url);
+                    }
+                }
+                self.cluster = Some(c);
+            }
+            Msg::Refresh => {
+                if let (Some(base), Some(_)) = (&self.base, &self.stream) {
+                    fetch_cluster(ctx, base);
+                    self.last_fetch_ms = js_sys::Date::now();
+                }
+                return false;
+            }
+            Msg::Hints(id, h) => {
+                self.hints.insert(id, h);
+            }
             Msg::Key(k) => self.key = k,
             Msg::Clear => {
                 self.lines.clear();
@@ -400,12 +448,18 @@ impl LiveView {
                     <div class="small">{ format!("{}'s view: ring v{}{}, N = {}, {} partitions", c.node, c.ring_version,
                         c.pending_ring_version.map(|v| format!(" (moving to v{v})")).unwrap_or_default(), c.n, c.partitions.len()) }</div>
                     <table class="small">
-                        <tr><th>{"node"}</th><th>{"status"}</th><th>{"zone"}</th><th>{"gen"}</th><th>{"φ"}</th><th>{"partitions"}</th><th>{"http"}</th></tr>
+                        <tr><th>{"node"}</th><th>{"status"}</th><th>{"zone"}</th><th>{"gen"}</th><th>{"φ"}</th><th>{"partitions"}</th><th title="hints this node holds for others (its /metrics ringlab_hints_pending)">{"hints"}</th><th>{"http"}</th></tr>
                         { for c.nodes.iter().map(|m| html!{
                             <tr data-testid={format!("live-member-{}", m.id)}>
                                 <td>{ &m.id }</td><td>{ &m.status }</td><td>{ &m.zone }</td><td>{ m.generation }</td>
                                 <td title="φ-accrual suspicion (suspected above the threshold, 8 by default)">{ m.phi.map(|p| format!("{p:.1}")).unwrap_or_default() }</td>
-                                <td>{ c.owned(&m.id) }</td><td>{ &m.http_addr }</td>
+                                <td>{ c.owned(&m.id) }</td>
+                                <td data-testid={format!("live-hints-{}", m.id)}>{ match self.hints.get(&m.id) {
+                                    Some(Ok(n)) => html!{ { n } },
+                                    Some(Err(e)) => html!{ <span title={e.clone()}>{"?"}</span> },
+                                    None => html!{},
+                                } }</td>
+                                <td>{ &m.http_addr }</td>
                             </tr>
                         }) }
                     </table>
@@ -547,11 +601,38 @@ fn open(ctx: &Context<LiveView>, base: &str) -> Result<Stream, String> {
     source
         .add_event_listener_with_callback("lagged", on_lagged.as_ref().unchecked_ref())
         .map_err(|e| format!("cannot listen for lagged events: {e:?}"))?;
+    let link = ctx.link().clone();
     Ok(Stream {
         source,
         _callbacks: vec![on_open, on_data, on_lagged],
         _on_error: on_error,
+        _refresh: gloo_timers::callback::Interval::new(2_000, move || {
+            link.send_message(Msg::Refresh)
+        }),
     })
+}
+
+/// GETs `url` as text (an error names the URL).
+async fn fetch_text(url: &str) -> Result<String, String> {
+    let js = |e: JsValue| {
+        format!(
+            "cannot read {url}: {}",
+            e.as_string().unwrap_or_else(|| format!("{e:?}"))
+        )
+    };
+    let window = web_sys::window().ok_or("no window")?;
+    let resp: web_sys::Response = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str(url))
+        .await
+        .map_err(js)?
+        .dyn_into()
+        .map_err(js)?;
+    if !resp.ok() {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    let text = wasm_bindgen_futures::JsFuture::from(resp.text().map_err(js)?)
+        .await
+        .map_err(js)?;
+    Ok(text.as_string().unwrap_or_default())
 }
 
 /// Fetches `base/cluster` and reports it to the component.
@@ -559,30 +640,20 @@ fn fetch_cluster(ctx: &Context<LiveView>, base: &str) {
     let link = ctx.link().clone();
     let url = format!("{base}/cluster");
     wasm_bindgen_futures::spawn_local(async move {
-        let js = |e: JsValue| {
-            format!(
-                "cannot read {url}: {}",
-                e.as_string().unwrap_or_else(|| format!("{e:?}"))
-            )
-        };
-        let result = async {
-            let window = web_sys::window().ok_or("no window")?;
-            let resp: web_sys::Response =
-                wasm_bindgen_futures::JsFuture::from(window.fetch_with_str(&url))
-                    .await
-                    .map_err(js)?
-                    .dyn_into()
-                    .map_err(js)?;
-            if !resp.ok() {
-                return Err(format!("{url} answered {}", resp.status()));
-            }
-            let text = wasm_bindgen_futures::JsFuture::from(resp.text().map_err(js)?)
-                .await
-                .map_err(js)?;
-            parse_cluster(&text.as_string().unwrap_or_default())
-        }
-        .await;
+        let result = fetch_text(&url).await.and_then(|t| parse_cluster(&t));
         link.send_message(Msg::Cluster(result));
+    });
+}
+
+/// Fetches a member's `/metrics` and reports its hint count (a node that does not
+/// allow this page's origin shows as an error, not as 0).
+fn fetch_hints(ctx: &Context<LiveView>, id: String, url: String) {
+    let link = ctx.link().clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        let result = fetch_text(&url).await.and_then(|t| {
+            hints_pending(&t).ok_or_else(|| format!("{url} has no ringlab_hints_pending"))
+        });
+        link.send_message(Msg::Hints(id, result));
     });
 }
 
@@ -694,6 +765,19 @@ mod tests {
             bad.replicas_of("greeting").is_err(),
             "an owner without a zone"
         );
+    }
+
+    #[test]
+    fn the_hint_gauge_is_read_from_metrics_text() {
+        let text = "# HELP ringlab_hints_pending Hints held for others.\n\
+                    # TYPE ringlab_hints_pending gauge\n\
+                    ringlab_hints_pending_bytes 512\n\
+                    ringlab_hints_pending 7\n";
+        assert_eq!(hints_pending(text), Some(7));
+        assert_eq!(hints_pending("ringlab_hints_pending_bytes 512\n"), None);
+        assert_eq!(hints_pending(""), None);
+        assert_eq!(hints_pending("ringlab_hints_pending nope\n"), None);
+        assert_eq!(hints_pending("ringlab_hints_pending -1\n"), None);
     }
 
     #[test]
