@@ -193,6 +193,32 @@ pub(crate) fn node_pos(i: usize, n: usize) -> (f64, f64) {
     (CX + R_NODE * a.cos(), CY + R_NODE * a.sin())
 }
 
+/// The ring's partitions as arcs in their owner's colour, merged into runs of one
+/// owner (the simulator's ring and the Live tab's).
+pub(crate) fn partition_arcs(ring: &ringlab_core::Ring, titles: bool) -> Vec<Html> {
+    let q = ring.partitions();
+    let mut arcs = Vec::new();
+    let mut start = 0u32;
+    for p in 1..=q {
+        let same = p < q && ring.owner(Partition(p)) == ring.owner(Partition(start));
+        if !same {
+            let a0 = 2.0 * PI * f64::from(start) / f64::from(q) - PI / 2.0;
+            let a1 = 2.0 * PI * f64::from(p) / f64::from(q) - PI / 2.0;
+            let owner = ring.owner(Partition(start));
+            arcs.push(html! { <path d={arc(R_PART, a0 + 0.004, a1 - 0.004)} stroke={owner_color(owner.0)} stroke-width="18" fill="none">
+                if titles { <title>{ format!("partitions {start}–{} owned by {owner}", p - 1) }</title> }</path> });
+            start = p;
+        }
+    }
+    arcs
+}
+
+/// Where a key sits on the drawn ring (radians, 0 at the top, clockwise).
+pub(crate) fn key_angle(key: &[u8]) -> f64 {
+    let pos = ringlab_core::ring::key_position(key);
+    (pos as f64 / 18_446_744_073_709_551_616.0) * 2.0 * PI - PI / 2.0
+}
+
 pub(crate) fn arc(r: f64, a0: f64, a1: f64) -> String {
     let (x0, y0) = (CX + r * a0.cos(), CY + r * a0.sin());
     let (x1, y1) = (CX + r * a1.cos(), CY + r * a1.sin());
@@ -848,28 +874,14 @@ impl App {
         let count = w.node_count();
         let big = count > 64;
         let q = ring.partitions();
-        // Partition arcs, merged into runs of one owner.
-        let mut arcs = Vec::new();
-        let mut start = 0u32;
-        for p in 1..=q {
-            let same = p < q && ring.owner(Partition(p)) == ring.owner(Partition(start));
-            if !same {
-                let a0 = 2.0 * PI * f64::from(start) / f64::from(q) - PI / 2.0;
-                let a1 = 2.0 * PI * f64::from(p) / f64::from(q) - PI / 2.0;
-                let owner = ring.owner(Partition(start));
-                arcs.push(html! { <path d={arc(R_PART, a0 + 0.004, a1 - 0.004)} stroke={owner_color(owner.0)} stroke-width="18" fill="none">
-                    if !big { <title>{ format!("partitions {start}–{} owned by {owner}", p - 1) }</title> }</path> });
-                start = p;
-            }
-        }
+        let arcs = partition_arcs(ring, !big);
         // The typed key: its position and preference list.
         let key = self.ui.key.as_bytes();
         let mut key_marks = Html::default();
         let mut primaries = Vec::new();
         let mut fallbacks = Vec::new();
         if !key.is_empty() {
-            let pos = ringlab_core::ring::key_position(key);
-            let a = (pos as f64 / 18_446_744_073_709_551_616.0) * 2.0 * PI - PI / 2.0;
+            let a = key_angle(key);
             let pl = ring.preference_list(key);
             primaries = pl.primaries.clone();
             fallbacks = pl.fallbacks.iter().take(2).copied().collect();

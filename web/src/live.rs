@@ -117,12 +117,17 @@ impl ClusterView {
 
     /// Where `key` lives in this view: its partition and its N replicas, in order.
     pub fn replicas_of(&self, key: &str) -> Result<(u32, Vec<String>), String> {
-        let pl = self.ring()?.preference_list(key.as_bytes());
-        Ok((
-            pl.partition.0,
-            pl.primaries.iter().map(|n| n.to_string()).collect(),
-        ))
+        Ok(replicas(&self.ring()?, key))
     }
+}
+
+/// `key`'s partition and its N replicas in `ring`, in order.
+fn replicas(ring: &ringlab_core::Ring, key: &str) -> (u32, Vec<String>) {
+    let pl = ring.preference_list(key.as_bytes());
+    (
+        pl.partition.0,
+        pl.primaries.iter().map(|n| n.to_string()).collect(),
+    )
 }
 
 /// The `ringlab_hints_pending` gauge of a node's `GET /metrics` (hints it holds for
@@ -472,9 +477,7 @@ impl LiveView {
     /// The node's ring: partition arcs in their owner's colour, members around it in
     /// their status's colour, and the replicas of a typed key.
     fn ring_view(&self, ctx: &Context<Self>, c: &ClusterView) -> Html {
-        use crate::app::{arc, node_pos, owner_color, CX, CY, R_PART};
-        use std::f64::consts::PI;
-        let q = c.partitions.len().max(1);
+        use crate::app::{key_angle, node_pos, owner_color, partition_arcs, CX, CY, R_PART};
         let color_of = |id: &str| {
             owner_color(
                 ringlab_core::NodeId::parse(id)
@@ -482,27 +485,23 @@ impl LiveView {
                     .unwrap_or_default(),
             )
         };
-        let mut arcs = Vec::new();
-        let mut start = 0;
-        for p in 1..=c.partitions.len() {
-            if p < c.partitions.len() && c.partitions[p] == c.partitions[start] {
-                continue;
-            }
-            let a = |i: usize| 2.0 * PI * i as f64 / q as f64 - PI / 2.0;
-            let owner = &c.partitions[start];
-            arcs.push(html! { <path d={arc(R_PART, a(start) + 0.004, a(p) - 0.004)} stroke={color_of(owner)} stroke-width="18" fill="none">
-                <title>{ format!("partitions {start}–{} owned by {owner}", p - 1) }</title></path> });
-            start = p;
-        }
-        let lookup = (!self.key.is_empty()).then(|| c.replicas_of(&self.key));
+        let ring = c.ring();
+        let arcs = ring
+            .as_ref()
+            .map(|r| partition_arcs(r, true))
+            .unwrap_or_default();
+        let lookup = (!self.key.is_empty()).then(|| {
+            ring.as_ref()
+                .map(|r| replicas(r, &self.key))
+                .map_err(Clone::clone)
+        });
         let replicas: Vec<String> = match &lookup {
             Some(Ok((_, r))) => r.clone(),
             _ => Vec::new(),
         };
         // The key's position, as the simulator's ring marks it.
         let tick = matches!(lookup, Some(Ok(_))).then(|| {
-            let pos = ringlab_core::ring::key_position(self.key.as_bytes());
-            let a = (pos as f64 / 18_446_744_073_709_551_616.0) * 2.0 * PI - PI / 2.0;
+            let a = key_angle(self.key.as_bytes());
             let at = |r: f64| (format!("{:.1}", CX + r * a.cos()), format!("{:.1}", CY + r * a.sin()));
             let ((x0, y0), (x1, y1)) = (at(R_PART - 20.0), at(R_PART + 12.0));
             html! { <line x1={x0} y1={y0} x2={x1} y2={y1} stroke="#111" stroke-width="5" data-testid="live-key-tick"/> }

@@ -683,39 +683,7 @@ async fn writer(inner: Arc<Inner>, to: NodeId, mut rx: mpsc::Receiver<Vec<u8>>) 
             .filter(|c| !c.closed.load(Ordering::Relaxed));
         let conn = match reverse {
             Some(conn) => Some(conn),
-            None => {
-                let addr = inner.book.lock().ok().and_then(|b| b.get(&to).cloned());
-                match addr {
-                    None => None,
-                    Some(addr) => match dial(&inner, &addr).await {
-                        Ok((h, conn, incoming)) if h.id == to => {
-                            if failures > 0 {
-                                tracing::info!(peer = %to, %addr, "reconnected to peer");
-                            }
-                            // Best effort: a full channel means the driver is busy, and the
-                            // peer's inbound handshake reports it as well.
-                            let _ = inner.incoming.try_send(Incoming::Peer(h));
-                            bump(&inner.counters.connections_dialed, 1);
-                            spawn_reader(inner.clone(), to, addr, incoming);
-                            Some(conn)
-                        }
-                        Ok((h, _, _)) => {
-                            failures += 1;
-                            tracing::warn!(peer = %to, %addr, "address {addr} belongs to {}, not {to}", h.id);
-                            None
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            if failures == 1 {
-                                tracing::warn!(peer = %to, "{e:#}");
-                            } else {
-                                tracing::debug!(peer = %to, failures, "{e:#}");
-                            }
-                            None
-                        }
-                    },
-                }
-            }
+            None => dial_peer(&inner, to, &mut failures).await,
         };
         if let Some(conn) = conn {
             failures = 0;
@@ -743,6 +711,40 @@ async fn writer(inner: Arc<Inner>, to: NodeId, mut rx: mpsc::Receiver<Vec<u8>>) 
             }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Dials `to` at its known address; on success reports its Hello, starts reading
+/// what it sends back, and returns the sending side. Failures are counted in
+/// `failures` (logged at warn the first time, then at debug).
+async fn dial_peer(inner: &Arc<Inner>, to: NodeId, failures: &mut u32) -> Option<OutConn> {
+    let addr = inner.book.lock().ok().and_then(|b| b.get(&to).cloned())?;
+    match dial(inner, &addr).await {
+        Ok((h, conn, incoming)) if h.id == to => {
+            if *failures > 0 {
+                tracing::info!(peer = %to, %addr, "reconnected to peer");
+            }
+            // Best effort: a full channel means the driver is busy, and the
+            // peer's inbound handshake reports it as well.
+            let _ = inner.incoming.try_send(Incoming::Peer(h));
+            bump(&inner.counters.connections_dialed, 1);
+            spawn_reader(inner.clone(), to, addr, incoming);
+            Some(conn)
+        }
+        Ok((h, _, _)) => {
+            *failures += 1;
+            tracing::warn!(peer = %to, %addr, "address {addr} belongs to {}, not {to}", h.id);
+            None
+        }
+        Err(e) => {
+            *failures += 1;
+            if *failures == 1 {
+                tracing::warn!(peer = %to, "{e:#}");
+            } else {
+                tracing::debug!(peer = %to, failures = *failures, "{e:#}");
+            }
+            None
+        }
     }
 }
 

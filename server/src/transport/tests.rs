@@ -48,6 +48,25 @@ async fn start(id: u32) -> (Transport, mpsc::Receiver<Incoming>) {
     start_with(hello(id), key(1), 64).await
 }
 
+/// Node `id` started again on `addr` (a stopped transport's port), once it binds.
+async fn restart_at(id: u32, addr: SocketAddr) -> (Transport, mpsc::Receiver<Incoming>) {
+    let l = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut h = hello(id);
+    h.peer_addr = addr.to_string();
+    let cfg = TransportConfig {
+        hello: h,
+        keys: key(1),
+        queue_per_peer: 64,
+        max_frame: 1 << 20,
+    };
+    Transport::start(l, cfg).unwrap()
+}
+
 /// The next message delivered (skipping `Peer` notices), within 5 s.
 async fn next_msg(rx: &mut mpsc::Receiver<Incoming>) -> (NodeId, Message) {
     timeout(Duration::from_secs(5), async {
@@ -355,24 +374,7 @@ async fn sender_reconnects_after_the_peer_restarts() {
     b.shutdown();
     drop(brx);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let l = loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let mut h = hello(1);
-    h.peer_addr = addr.to_string();
-    let (_b2, mut b2rx) = Transport::start(
-        l,
-        TransportConfig {
-            hello: h,
-            keys: key(1),
-            queue_per_peer: 64,
-            max_frame: 1 << 20,
-        },
-    )
-    .unwrap();
+    let (_b2, mut b2rx) = restart_at(1, addr).await;
     let start = Instant::now();
     let mut n = 100;
     loop {
@@ -478,24 +480,7 @@ async fn the_higher_id_dials_again_when_the_lower_one_goes_away() {
     assert_eq!(next_msg(&mut brx).await, (NodeId(0), ping(1)));
     a.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let l = loop {
-        match TcpListener::bind(a_addr).await {
-            Ok(l) => break l,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let mut h = hello(0);
-    h.peer_addr = a_addr.to_string();
-    let (_a2, mut a2rx) = Transport::start(
-        l,
-        TransportConfig {
-            hello: h,
-            keys: key(1),
-            queue_per_peer: 64,
-            max_frame: 1 << 20,
-        },
-    )
-    .unwrap();
+    let (_a2, mut a2rx) = restart_at(0, a_addr).await;
     // The restarted a has nothing to send: b must dial it to be heard.
     let start = Instant::now();
     let mut n = 100;
