@@ -96,6 +96,12 @@ pub struct ServeArgs {
     /// HTTP parsing and encryption use more cores of a dedicated machine [default: 1].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Group commits (log record write + fdatasync) in flight at once: 2 lets the
+    /// next group's fsync start while the previous one's runs (their replies still
+    /// leave in order); 1 syncs one group at a time. Inputs are handled during an
+    /// fsync either way [default: 2, at most 2].
+    #[arg(long)]
+    pub sync_depth: Option<usize>,
     /// Replicas a read asks: `all` N (Dynamo and Riak: read repair reaches every
     /// replica on every read, and the first R of N answers hide one slow replica) or
     /// `quorum` R, itself first, asking the rest only if one is silent for
@@ -150,6 +156,7 @@ struct FileConfig {
     dead_after_ms: Option<u64>,
     client_read_timeout_secs: Option<u64>,
     threads: Option<usize>,
+    sync_depth: Option<usize>,
     read_fanout: Option<Fanout>,
     allow_origin: Option<Seeds>,
 }
@@ -221,6 +228,8 @@ pub struct ServeConfig {
     pub peer_queue: usize,
     /// Runtime threads (1: a current-thread runtime).
     pub threads: usize,
+    /// Group commits in flight at once.
+    pub sync_depth: usize,
     /// Origins allowed to read the observation routes from a browser (`*`: any).
     pub allow_origins: Vec<String>,
 }
@@ -347,6 +356,16 @@ impl ServeArgs {
             .unwrap_or(4096)
             .max(1);
         let peer_queue = self.peer_queue.or(file.peer_queue).unwrap_or(4096).max(1);
+        let sync_depth = self
+            .sync_depth
+            .or(file.sync_depth)
+            .unwrap_or(crate::driver::SYNC_DEPTH);
+        if !(1..=crate::wal::MAX_IN_FLIGHT).contains(&sync_depth) {
+            bail!(
+                "--sync-depth must be between 1 and {}, got {sync_depth}",
+                crate::wal::MAX_IN_FLIGHT
+            );
+        }
         let threads = self.threads.or(file.threads).unwrap_or(1);
         if !(1..=1024).contains(&threads) {
             bail!("--threads must be between 1 and 1024, got {threads}");
@@ -388,6 +407,7 @@ impl ServeArgs {
             max_queued_requests,
             peer_queue,
             threads,
+            sync_depth,
             allow_origins,
         })
     }

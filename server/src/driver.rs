@@ -1,15 +1,25 @@
 //! The node task: one tokio task owns the `Node` (quinn's `ConnectionDriver`).
 //!
-//! It `select!`s over peer input, client commands and `sleep_until(poll_timeout())`,
-//! handles every queued input (up to [`BATCH`]) while buffering the outputs, then
-//! **group-commits**: if storage has batches applied since the last fsync it syncs
-//! them all with one fsync, and only then releases the buffered sends and replies.
-//! So an ack or a client reply never leaves for a write that is not on disk, and
-//! one fsync is shared by every write of the batch. Requests that acknowledge
-//! nothing (a coordinator's replica writes and reads, forwards:
-//! `Message::may_precede_durability`) leave at once, so a write's fsyncs on the
-//! coordinator and on the replicas run in parallel rather than one after another. If the sync fails, [`Driver::run`]
-//! returns the error before releasing anything and the process stops serving.
+//! It `select!`s over peer input, client commands, the fsyncs in flight and
+//! `sleep_until(poll_timeout())`, handles every queued input (up to [`BATCH`])
+//! while buffering the outputs, then **group-commits**: the batches applied since
+//! the last group was taken become one group, synced with one fsync on a blocking
+//! thread.
+//!
+//! The commit is **pipelined**: while a group's fsync runs the node goes on
+//! handling inputs, and their batches collect into the next group, which is taken
+//! as soon as fewer than the sync depth ([`Driver::with_sync_depth`]) are in
+//! flight. Every buffered output is tagged with the group it may depend on — the
+//! one collecting when it was produced if that has batches, else the last one
+//! taken — and is released only once that group *and every earlier one* are
+//! durable (groups finish in order). So an ack or a client reply never leaves for
+//! a write that is not on disk, one fsync is shared by every write of a group, and
+//! a write arriving during another write's fsync no longer waits for it to start
+//! its own. Requests that acknowledge nothing (a coordinator's replica writes and
+//! reads, forwards: `Message::may_precede_durability`) leave at once, so a write's
+//! fsyncs on the coordinator and on the replicas run in parallel rather than one
+//! after another. If a sync fails, [`Driver::run`] returns the error before
+//! releasing anything that waited for it and the process stops serving.
 //!
 //! HTTP handlers never touch the `Node`: they submit [`Command`]s through a
 //! bounded channel ([`Handle`]) and read a [`ClusterView`] snapshot published on a
@@ -23,7 +33,7 @@ use ringlab_core::{
     RequestError, Storage, Time,
 };
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,20 +42,63 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 /// A group commit to run on a blocking thread.
 pub type SyncFn = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
 
+/// A group commit running.
+struct Flight {
+    /// The storage's applied-batch count when the group was taken (for the
+    /// group-size histogram).
+    batches: u64,
+    /// `None`: the storage had nothing to sync (it counts as durable at once).
+    job: Option<tokio::task::JoinHandle<Result<(), StorageError>>>,
+}
+
+/// The oldest flight's outcome. Cancel-safe: the flight stays queued until the
+/// caller pops it.
+async fn oldest_flight(flights: &mut VecDeque<Flight>) -> Result<(), StorageError> {
+    match flights.front_mut().and_then(|f| f.job.as_mut()) {
+        Some(job) => job
+            .await
+            .unwrap_or_else(|e| Err(StorageError(format!("sync task failed: {e}")))),
+        None => Ok(()),
+    }
+}
+
+/// An output that waits for a group commit.
+enum Held {
+    Send(NodeId, Message),
+    Reply(ClientReq, ClientResult),
+}
+
 /// Inputs handled before one group commit, at most.
 pub const BATCH: usize = 256;
+
+/// Inputs handled while every sync slot is busy, at most, before the node waits
+/// for the oldest fsync: bounds the next group and the outputs it holds, so a slow
+/// disk turns into a full request queue (429) rather than unbounded memory.
+pub const MAX_AHEAD: usize = 4 * BATCH;
+
+/// Default for [`Driver::with_sync_depth`].
+pub const SYNC_DEPTH: usize = 2;
 
 /// A storage the driver can group-commit: batches are applied with deferred
 /// durability and made durable together by [`DurableStorage::sync`].
 pub trait DurableStorage: Storage + Send + 'static {
-    /// Whether batches were applied since the last sync.
+    /// Whether batches were applied since the last group was taken.
     fn pending_sync(&self) -> bool;
-    /// Takes what [`DurableStorage::finish_sync`] needs committed (one fsync), as a
-    /// job to run on a blocking thread; `None` when nothing is pending. The storage
-    /// is not used between the two calls.
+    /// Takes the pending group, as what [`DurableStorage::finish_sync`] needs
+    /// committed (one fsync) in a job to run on a blocking thread; `None` when
+    /// nothing is pending. Only called while [`DurableStorage::can_start_sync`].
     fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError>;
-    /// Records the job's outcome; an error means stop serving.
+    /// Records the outcome of the oldest job not finished; an error means stop
+    /// serving.
     fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError>;
+    /// Whether another group may be taken while the jobs not finished run.
+    fn can_start_sync(&self) -> bool {
+        true
+    }
+    /// Whether batches may be applied while the jobs not finished run.
+    fn can_apply(&self) -> bool {
+        true
+    }
     /// Hints held for other nodes.
     fn hint_count(&self) -> usize;
     /// Batches applied since open.
@@ -66,6 +119,12 @@ impl DurableStorage for crate::storage::RedbStorage {
     }
     fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
         crate::storage::RedbStorage::finish_sync(self, result)
+    }
+    fn can_start_sync(&self) -> bool {
+        crate::storage::RedbStorage::can_start_sync(self)
+    }
+    fn can_apply(&self) -> bool {
+        crate::storage::RedbStorage::can_apply(self)
     }
     fn hint_count(&self) -> usize {
         crate::storage::RedbStorage::hint_count(self)
@@ -351,13 +410,24 @@ pub struct Driver<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'st
     view_tx: watch::Sender<Arc<ClusterView>>,
     next_req: u64,
     waiting: HashMap<ClientReq, oneshot::Sender<ClientResult>>,
-    sends: Vec<(NodeId, Message)>,
-    replies: Vec<(ClientReq, ClientResult)>,
+    /// Outputs waiting for a group to be durable: (group, output), in order.
+    held: VecDeque<(u64, Held)>,
+    /// Group commits running, oldest first.
+    flights: VecDeque<Flight>,
+    /// Groups taken (numbered from 1) and groups durable: every group up to
+    /// `durable` is on disk.
+    taken: u64,
+    durable: u64,
+    /// Group commits allowed in flight at once.
+    depth: usize,
+    /// Inputs handled since the last group was taken.
+    ahead: usize,
     /// Peer addresses learned from handshakes of nodes not (yet) in the membership.
     handshaken: HashMap<NodeId, String>,
     membership_hash: Option<u64>,
     reachability_changed: bool,
-    commits_at_sync: u64,
+    /// The storage's applied-batch count when the last finished group was taken.
+    batches_at_sync: u64,
     last_gauges: Option<Instant>,
     events_tx: broadcast::Sender<Arc<EventLine>>,
 }
@@ -374,8 +444,8 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
     ) -> (Self, Handle) {
         let (tx, cmd_rx) = mpsc::channel(queue.max(1));
         let (view_tx, view) = watch::channel(Arc::new(ClusterView::default()));
-        let commits_at_sync = node.storage().commits();
         let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
+        let batches_at_sync = node.storage().commits();
         let mut driver = Driver {
             node,
             net,
@@ -388,12 +458,16 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             view_tx,
             next_req: 1,
             waiting: HashMap::new(),
-            sends: Vec::new(),
-            replies: Vec::new(),
+            held: VecDeque::new(),
+            flights: VecDeque::new(),
+            taken: 0,
+            durable: 0,
+            depth: SYNC_DEPTH,
+            ahead: 0,
             handshaken: HashMap::new(),
             membership_hash: None,
             reachability_changed: true,
-            commits_at_sync,
+            batches_at_sync,
             last_gauges: None,
             events_tx: events_tx.clone(),
         };
@@ -405,6 +479,14 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             events: events_tx,
         };
         (driver, handle)
+    }
+
+    /// Group commits allowed in flight at once (at least 1; 1 means a group is taken
+    /// only when the previous one is durable, though inputs are still handled during
+    /// its fsync). The storage may allow fewer ([`DurableStorage::can_start_sync`]).
+    pub fn with_sync_depth(mut self, depth: usize) -> Self {
+        self.depth = depth.max(1);
+        self
     }
 
     /// The node (for start-up decisions such as bootstrapping the ring).
@@ -421,29 +503,45 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         loop {
-            self.finish_batch().await?;
+            self.start_syncs()?;
+            self.publish();
             let deadline = match self.node.poll_timeout() {
                 Some(t) => self.clock.instant(t),
                 None => Instant::now() + Duration::from_secs(3600),
             };
+            let storage = self.node.storage();
+            // Inputs wait while a checkpoint holds the transaction, and once the
+            // group that cannot be taken yet has grown to MAX_AHEAD inputs.
+            let accepting =
+                storage.can_apply() && (self.ahead < MAX_AHEAD || !storage.pending_sync());
             let mut queue: Vec<Queued> = Vec::new();
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
+                    // Every record in flight must be on disk (or failed) before the
+                    // checkpoint: it commits them and starts the log over.
+                    while !self.flights.is_empty() {
+                        let r = oldest_flight(&mut self.flights).await;
+                        self.finish_flight(r)?;
+                    }
                     if let Err(e) = self.node.storage_mut().close() {
                         tracing::warn!(error = %e, "checkpoint at shutdown failed (the next start replays the log)");
                     }
                     return Ok(());
                 }
-                m = self.net_rx.recv(), if self.net_open => match m {
+                r = oldest_flight(&mut self.flights), if !self.flights.is_empty() => {
+                    self.finish_flight(r)?;
+                    continue;
+                }
+                m = self.net_rx.recv(), if self.net_open && accepting => match m {
                     Some(m) => queue.push(Queued::Net(m.into())),
                     None => self.net_open = false,
                 },
-                c = self.cmd_rx.recv(), if self.cmd_open => match c {
+                c = self.cmd_rx.recv(), if self.cmd_open && accepting => match c {
                     Some(c) => queue.push(Queued::Cmd(c)),
                     None => self.cmd_open = false,
                 },
-                _ = tokio::time::sleep_until(deadline.into()) => self.input(Input::Timeout),
+                _ = tokio::time::sleep_until(deadline.into()), if accepting => self.input(Input::Timeout),
             }
             // Take whatever else is queued, for one group commit.
             while queue.len() < BATCH {
@@ -465,9 +563,9 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
                 }
             }
             // Acks and replies first: they change no storage, so the client replies
-            // they complete leave at once (see `input`) instead of waiting for this
-            // batch's fsync. Inputs from different peers and clients have no order
-            // between them to keep.
+            // they complete leave as soon as the groups before them are durable
+            // (see `input`) instead of waiting for this batch's fsync too. Inputs
+            // from different peers and clients have no order between them to keep.
             let (first, rest): (Vec<Queued>, Vec<Queued>) =
                 queue.into_iter().partition(Queued::is_answer);
             for q in first.into_iter().chain(rest) {
@@ -513,69 +611,95 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
         }
     }
 
-    /// Handles one input and drains its outputs into the release buffers. While
-    /// nothing unsynced exists (no batch applied since the last fsync), no output can
-    /// depend on unsynced state, so the buffers are released at once.
+    /// Handles one input and drains its outputs: what may depend on unsynced
+    /// state is held for its group (see the module doc), the rest leaves now.
     fn input(&mut self, input: Input) {
         self.node.handle_input(self.clock.now(), input);
-        self.drain_outputs();
-        if !self.node.storage().pending_sync() {
-            self.release();
-        }
-    }
-
-    fn drain_outputs(&mut self) {
+        self.ahead += 1;
+        // This input's outputs may depend on every batch applied so far: the group
+        // collecting, if it has any, else the last one taken.
+        let group = self.taken + u64::from(self.node.storage().pending_sync());
         while let Some(out) = self.node.poll_output() {
             match out {
                 // Replica writes/reads and forwards leave now, so the replicas'
                 // fsyncs overlap ours; everything that acknowledges waits for it.
                 Output::Send { to, msg } if msg.may_precede_durability() => self.net.send(to, &msg),
-                Output::Send { to, msg } => self.sends.push((to, msg)),
-                Output::Reply { req, result } => self.replies.push((req, result)),
+                Output::Send { to, msg } => self.hold(group, Held::Send(to, msg)),
+                Output::Reply { req, result } => self.hold(group, Held::Reply(req, result)),
                 Output::Event(e) => self.on_event(e),
             }
         }
     }
 
-    /// Group commit, then release the buffered outputs, then publish state.
-    async fn finish_batch(&mut self) -> anyhow::Result<()> {
-        let storage = self.node.storage_mut();
-        if storage.pending_sync() {
-            let commits = storage.commits();
-            // The fsync blocks: it runs on a blocking thread while this task waits
-            // and the node's other tasks (HTTP, transport) go on.
-            let result = match storage.start_sync() {
-                Ok(Some(job)) => tokio::task::spawn_blocking(job)
-                    .await
-                    .unwrap_or_else(|e| Err(StorageError(format!("sync task failed: {e}")))),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            let synced = self.node.storage_mut().finish_sync(result);
-            if let Err(e) = synced {
-                tracing::error!(error = %e, "storage sync failed: stopping (no unsynced write is acknowledged)");
-                return Err(anyhow::anyhow!("storage sync failed: {e}"));
-            }
-            self.metrics
-                .group_commit(commits.saturating_sub(self.commits_at_sync));
-            self.commits_at_sync = commits;
+    /// Sends `out` now if `group` is durable, else queues it behind the others.
+    fn hold(&mut self, group: u64, out: Held) {
+        if group <= self.durable && self.held.is_empty() {
+            self.emit(out);
+        } else {
+            self.held.push_back((group, out));
         }
-        self.release();
-        self.publish();
+    }
+
+    fn emit(&mut self, out: Held) {
+        match out {
+            Held::Send(to, msg) => self.net.send(to, &msg),
+            Held::Reply(req, result) => {
+                if let Some(tx) = self.waiting.remove(&req) {
+                    // The client may have gone away; its answer is then dropped.
+                    let _ = tx.send(result);
+                }
+            }
+        }
+    }
+
+    /// Takes pending groups while the storage and the depth allow, each as a job on
+    /// a blocking thread (the fsync blocks; the node's other tasks go on).
+    fn start_syncs(&mut self) -> anyhow::Result<()> {
+        loop {
+            let storage = self.node.storage_mut();
+            if !storage.pending_sync()
+                || self.flights.len() >= self.depth
+                || !storage.can_start_sync()
+            {
+                return Ok(());
+            }
+            let batches = storage.commits();
+            let job = match storage.start_sync() {
+                Ok(job) => job,
+                Err(e) => return Err(self.sync_failed(e)),
+            };
+            self.taken += 1;
+            self.ahead = 0;
+            self.flights.push_back(Flight {
+                batches,
+                job: job.map(tokio::task::spawn_blocking),
+            });
+        }
+    }
+
+    /// The oldest group commit ended with `result`: record it, and release what
+    /// waited for it.
+    fn finish_flight(&mut self, result: Result<(), StorageError>) -> anyhow::Result<()> {
+        let flight = self.flights.pop_front().expect("a flight finished");
+        if flight.job.is_some() {
+            if let Err(e) = self.node.storage_mut().finish_sync(result) {
+                return Err(self.sync_failed(e));
+            }
+        }
+        self.durable += 1;
+        self.metrics
+            .group_commit(flight.batches.saturating_sub(self.batches_at_sync));
+        self.batches_at_sync = flight.batches;
+        while self.held.front().is_some_and(|(g, _)| *g <= self.durable) {
+            let (_, out) = self.held.pop_front().expect("checked");
+            self.emit(out);
+        }
         Ok(())
     }
 
-    /// Sends the buffered messages and replies.
-    fn release(&mut self) {
-        for (to, msg) in self.sends.drain(..) {
-            self.net.send(to, &msg);
-        }
-        for (req, result) in self.replies.drain(..) {
-            if let Some(tx) = self.waiting.remove(&req) {
-                // The client may have gone away; its answer is then dropped.
-                let _ = tx.send(result);
-            }
-        }
+    fn sync_failed(&self, e: StorageError) -> anyhow::Error {
+        tracing::error!(error = %e, "storage sync failed: stopping (no unsynced write is acknowledged)");
+        anyhow::anyhow!("storage sync failed: {e}")
     }
 
     /// Updates the address book, the `/cluster` snapshot and the gauges.
@@ -842,11 +966,44 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 
-    /// MemStorage whose group commit blocks until the test opens the gate.
+    /// Each group commit's gate, in the order the groups were taken.
+    #[derive(Clone, Default)]
+    struct Gates(Arc<Mutex<Vec<Option<std::sync::mpsc::Sender<()>>>>>);
+
+    impl Gates {
+        /// Lets group commit `i` (0-based) finish, once it has been taken.
+        async fn open(&self, i: usize) {
+            for _ in 0..400 {
+                if let Some(g) = self.0.lock().unwrap().get_mut(i) {
+                    // Dropping the sender ends the job's wait.
+                    g.take().expect("opened twice");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("group commit {i} was never taken");
+        }
+
+        fn taken(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+    }
+
+    /// MemStorage whose group commits each block until the test opens their gate.
     struct Gated {
         inner: MemStorage,
         pending: bool,
-        gate: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+        gates: Gates,
+    }
+
+    impl Gated {
+        fn new(gates: &Gates) -> Self {
+            Gated {
+                inner: MemStorage::new(),
+                pending: false,
+                gates: gates.clone(),
+            }
+        }
     }
 
     impl Storage for Gated {
@@ -893,14 +1050,15 @@ mod tests {
             self.pending
         }
         fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError> {
-            let gate = self.gate.clone();
+            self.pending = false;
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            self.gates.0.lock().unwrap().push(Some(tx));
             Ok(Some(Box::new(move || {
-                let _ = gate.lock().unwrap().recv();
+                let _ = rx.recv();
                 Ok(())
             })))
         }
         fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
-            self.pending = false;
             result
         }
         fn hint_count(&self) -> usize {
@@ -911,22 +1069,30 @@ mod tests {
         }
     }
 
-    /// The release rules around a group commit: a coordinator's replica writes leave
-    /// while its own fsync is still running; the client's acknowledgement waits for it.
-    #[tokio::test]
-    async fn replica_writes_leave_before_the_fsync_replies_only_after() {
+    /// A driver for node A of a 3-node ring (N=3) over a [`Gated`] storage, with
+    /// its first group commit (start-up state) already through.
+    async fn gated_driver(
+        depth: usize,
+    ) -> (
+        Gates,
+        Recorder,
+        Handle,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
         let (a, b, c) = (NodeId(0), NodeId(1), NodeId(2));
-        let config = Config::default(); // N=3, W=2
         let clock = Clock::new();
         let members: Vec<(NodeId, String)> = [a, b, c].iter().map(|&n| (n, "z1".into())).collect();
         let ring = Ring::new(8, 3, &members).unwrap();
-        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
-        let storage = Gated {
-            inner: MemStorage::new(),
-            pending: false,
-            gate: Arc::new(Mutex::new(gate_rx)),
-        };
-        let node = Node::new(a, config, Some(ring), storage, 7, clock.now());
+        let gates = Gates::default();
+        let node = Node::new(
+            a,
+            Config::default(),
+            Some(ring),
+            Gated::new(&gates),
+            7,
+            clock.now(),
+        );
         let (_net_tx, net_rx) = mpsc::channel::<NetInput>(8);
         let sink = Recorder::default();
         let (driver, handle) = Driver::new(
@@ -938,42 +1104,67 @@ mod tests {
             8,
         );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(driver.run(async {
+        let task = tokio::spawn(driver.with_sync_depth(depth).run(async move {
+            let _net_tx = _net_tx;
             let _ = stop_rx.await;
         }));
         // Start-up state (generation) is pending: let that first sync through.
-        gate_tx.send(()).unwrap();
-        let stores = |sink: &Recorder| -> Vec<(NodeId, Option<ringlab_core::ReqId>)> {
-            sink.0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter_map(|(to, m)| match m {
-                    Message::Replica(ringlab_core::quorum::Msg::Store { id, .. }) => {
-                        Some((*to, *id))
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        // W=1: the local write alone completes the request, in the same input.
-        let mut reply = handle
+        gates.open(0).await;
+        (gates, sink, handle, stop_tx, task)
+    }
+
+    /// Replica writes (`Store` with a request id) the driver has sent.
+    fn stores(sink: &Recorder) -> Vec<(NodeId, Option<ringlab_core::ReqId>)> {
+        sink.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Message::Replica(ringlab_core::quorum::Msg::Store { id, .. }) => Some((*to, *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn wait_for_stores(sink: &Recorder, n: usize) {
+        for _ in 0..400 {
+            if stores(sink).len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{n} replica writes expected, {} sent", stores(sink).len());
+    }
+
+    /// A W=1 put: the local write alone completes it, in the same input.
+    fn put(handle: &Handle, key: &'static str) -> oneshot::Receiver<ClientResult> {
+        handle
             .submit(ClientOp::Put {
-                key: "k".into(),
+                key: key.into(),
                 value: "v".into(),
                 context: None,
                 w: Some(1),
             })
+            .unwrap()
+    }
+
+    async fn written(reply: &mut oneshot::Receiver<ClientResult>) {
+        let got = tokio::time::timeout(Duration::from_secs(5), reply)
+            .await
+            .expect("no reply")
             .unwrap();
+        assert!(matches!(got, Ok(ClientReply::Written { .. })), "{got:?}");
+    }
+
+    /// The release rules around a group commit: a coordinator's replica writes leave
+    /// while its own fsync is still running; the client's acknowledgement waits for it.
+    #[tokio::test]
+    async fn replica_writes_leave_before_the_fsync_replies_only_after() {
+        let (gates, sink, handle, stop_tx, task) = gated_driver(1).await;
+        let mut reply = put(&handle, "k");
         // The replica writes go out although the local fsync has not completed...
-        let mut sent = Vec::new();
-        for _ in 0..200 {
-            sent = stores(&sink);
-            if sent.len() == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_stores(&sink, 2).await;
+        let sent = stores(&sink);
         assert_eq!(sent.len(), 2, "replica writes held back by the fsync");
         assert!(sent.iter().all(|(_, id)| id.is_some()));
         // ...but the client's acknowledgement does not.
@@ -982,13 +1173,68 @@ mod tests {
             reply.try_recv().is_err(),
             "acknowledged before the write was durable"
         );
-        gate_tx.send(()).unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), &mut reply)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(matches!(got, Ok(ClientReply::Written { .. })), "{got:?}");
-        drop(gate_tx); // later syncs pass (recv fails at once)
+        gates.open(1).await;
+        written(&mut reply).await;
+        stop_tx.send(()).unwrap();
+        drop(gates); // shutdown waits for nothing else
+        task.await.unwrap().unwrap();
+    }
+
+    /// Pipelining at depth 1: a write arriving during another write's fsync is
+    /// handled at once (its replica writes leave), but its own group is taken only
+    /// once the first is durable, and its reply waits for its own group.
+    #[tokio::test]
+    async fn depth_one_handles_inputs_during_an_fsync_and_syncs_in_turn() {
+        let (gates, sink, handle, stop_tx, task) = gated_driver(1).await;
+        let mut first = put(&handle, "k1");
+        wait_for_stores(&sink, 2).await;
+        assert_eq!(gates.taken(), 2);
+        let mut second = put(&handle, "k2");
+        // Handled while group 1's fsync is still blocked.
+        wait_for_stores(&sink, 4).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(gates.taken(), 2, "a second group taken at depth 1");
+        gates.open(1).await;
+        written(&mut first).await;
+        // k2's group is taken now, and its reply waits for it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            second.try_recv().is_err(),
+            "k2 acknowledged before its fsync"
+        );
+        gates.open(2).await;
+        written(&mut second).await;
+        stop_tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    /// Pipelining at depth 2: the second write's group is synced alongside the
+    /// first's, and if it finishes first its reply still waits for the first group
+    /// (a crash could lose the first record, and recovery stops there).
+    #[tokio::test]
+    async fn depth_two_syncs_groups_together_and_releases_them_in_order() {
+        let (gates, sink, handle, stop_tx, task) = gated_driver(2).await;
+        let mut first = put(&handle, "k1");
+        wait_for_stores(&sink, 2).await;
+        let mut second = put(&handle, "k2");
+        wait_for_stores(&sink, 4).await;
+        for _ in 0..400 {
+            if gates.taken() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(gates.taken(), 3, "k2's group not synced alongside k1's");
+        gates.open(2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            second.try_recv().is_err(),
+            "k2 acknowledged while k1's earlier group was not durable"
+        );
+        assert!(first.try_recv().is_err());
+        gates.open(1).await;
+        written(&mut first).await;
+        written(&mut second).await;
         stop_tx.send(()).unwrap();
         task.await.unwrap().unwrap();
     }

@@ -82,7 +82,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         let t = transport.clone();
         metrics.set_transport_source(move || snapshot(&t));
     }
-    let (mut driver, handle) = Driver::new(
+    let (driver, handle) = Driver::new(
         node,
         transport.clone(),
         incoming,
@@ -90,6 +90,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         metrics,
         cfg.max_queued_requests,
     );
+    let mut driver = driver.with_sync_depth(cfg.sync_depth);
     if driver.node().ring().is_none() {
         match seeds.iter().find(|(id, _)| *id != me) {
             Some((contact, addr)) => {

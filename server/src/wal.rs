@@ -21,7 +21,13 @@
 //! Records left over from before the last checkpoint have smaller LSNs and so can
 //! never be taken for new ones. A *valid* record with a later LSN found after the
 //! end means a record in the middle was damaged: that is reported as corruption
-//! rather than silently dropping acknowledged writes.
+//! rather than silently dropping acknowledged writes. The one exception is the
+//! pipeline: up to [`MAX_IN_FLIGHT`] records are written and synced at once, so a
+//! torn record may be followed by whole ones that were in flight with it — never
+//! acknowledged, because a group's outputs wait for every earlier group's sync.
+//! Those are dropped, and recovery's checkpoint moves past their LSNs so the new
+//! log cannot be mistaken for their continuation. (The cost: damage to the second
+//! to last record alone is read as such a crash, not reported.)
 //!
 //! The file is zero-filled to its capacity when created, so appends overwrite
 //! allocated blocks and `fdatasync` has no file-size metadata to journal.
@@ -229,10 +235,30 @@ pub fn parse(buf: &[u8]) -> Option<(u64, &[u8], usize)> {
 /// Records (LSN, payload) to replay, in order.
 pub type Records<'a> = Vec<(u64, &'a [u8])>;
 
+/// Log records being written and synced at once, at most. A crash can tear any of
+/// them, so after a torn record up to `MAX_IN_FLIGHT - 1` whole records with the
+/// next LSNs may follow it; none of them was acknowledged (releases wait for every
+/// earlier record, see `driver`), so they are dropped, not taken for damage.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// What [`scan`] found.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    /// The records to replay, in order.
+    pub records: Records<'a>,
+    /// Where the valid log ends.
+    pub end: usize,
+    /// The highest LSN seen: the last record replayed, or a whole record written
+    /// alongside the torn one (dropped). The next record must use a higher LSN, so
+    /// such a leftover can never be read as the new log's continuation.
+    pub newest: u64,
+}
+
 /// The records to replay after a checkpoint at `checkpoint`, in order, and where
 /// the valid log ends. Errors if a valid record with a later LSN lies beyond the
-/// end (a damaged record in the middle).
-pub fn scan(buf: &[u8], checkpoint: u64) -> Result<(Records<'_>, usize), String> {
+/// end (a damaged record in the middle), unless it is one that was in flight with
+/// the torn record (an LSN less than [`MAX_IN_FLIGHT`] after it).
+pub fn scan(buf: &[u8], checkpoint: u64) -> Result<Scan<'_>, String> {
     let mut out = Vec::new();
     let mut at = 0usize;
     let mut expect = checkpoint + 1;
@@ -244,12 +270,16 @@ pub fn scan(buf: &[u8], checkpoint: u64) -> Result<(Records<'_>, usize), String>
         at += len;
         expect += 1;
     }
-    // Anything valid and newer further on was acknowledged: the log is damaged.
+    let mut newest = expect - 1;
+    // Anything valid and newer further on, beyond the in-flight window, was
+    // acknowledged: the log is damaged.
     let mut i = at + 1;
     while i + HEADER <= buf.len() {
         if buf[i..i + 4] == MAGIC {
             if let Some((lsn, _, _)) = parse(&buf[i..]) {
-                if lsn >= expect {
+                if lsn > expect && lsn < expect + MAX_IN_FLIGHT as u64 {
+                    newest = newest.max(lsn);
+                } else if lsn >= expect {
                     return Err(format!(
                         "record {} at offset {at} is damaged but record {lsn} follows at offset {i}",
                         expect
@@ -259,7 +289,11 @@ pub fn scan(buf: &[u8], checkpoint: u64) -> Result<(Records<'_>, usize), String>
         }
         i += 1;
     }
-    Ok((out, at))
+    Ok(Scan {
+        records: out,
+        end: at,
+        newest,
+    })
 }
 
 /// The log file and where the next record goes.
@@ -371,26 +405,26 @@ impl Wal {
         self.offset + (HEADER + self.group.len()) as u64 <= self.capacity
     }
 
-    /// Takes the collected group as a record write (to run on another thread).
+    /// Takes the collected group as a record write (to run on another thread) and
+    /// reserves its place: the next record goes after it, with the next LSN, even
+    /// while this one is still being written ([`MAX_IN_FLIGHT`] at most).
     pub fn take_write(&mut self) -> WalWrite {
         let rec = record(self.next_lsn, &self.group);
         self.group.clear();
+        let offset = self.offset;
+        self.offset += rec.len() as u64;
+        self.next_lsn += 1;
         WalWrite {
             file: self.file.clone(),
             path: self.path.clone(),
-            offset: self.offset,
+            offset,
             rec,
         }
     }
 
-    /// The write taken by [`Wal::take_write`] is durable.
-    pub fn written(&mut self, len: usize) {
-        self.offset += len as u64;
-        self.next_lsn += 1;
-    }
-
-    /// The LSN a checkpoint taken now covers (every record written so far; the
-    /// group being collected goes into the checkpoint itself, without a record).
+    /// The LSN a checkpoint taken now covers (every record taken so far, which the
+    /// caller has seen written; the group being collected goes into the checkpoint
+    /// itself, without a record).
     pub fn checkpoint_lsn(&self) -> u64 {
         self.next_lsn - 1
     }
@@ -496,25 +530,25 @@ mod tests {
             log.extend(record(lsn, &lsn.to_le_bytes()));
         }
         let whole = log.len();
-        let (recs, end) = scan(&log, 4).unwrap();
+        let got = scan(&log, 4).unwrap();
         assert_eq!(
-            recs.iter().map(|r| r.0).collect::<Vec<_>>(),
+            got.records.iter().map(|r| r.0).collect::<Vec<_>>(),
             vec![5, 6, 7, 8]
         );
-        assert_eq!(end, whole);
+        assert_eq!((got.end, got.newest), (whole, 8));
         // A checkpoint past all of them (the log then starts over): they are
         // stale, nothing replays.
-        let (recs, end) = scan(&log, 8).unwrap();
-        assert!(recs.is_empty());
-        assert_eq!(end, 0);
+        let got = scan(&log, 8).unwrap();
+        assert!(got.records.is_empty());
+        assert_eq!((got.end, got.newest), (0, 8));
         // Torn last record: the ones before it replay.
         for cut in whole - 8..whole {
-            let (recs, _) = scan(&log[..cut], 4).unwrap();
-            assert_eq!(recs.len(), 3);
+            let got = scan(&log[..cut], 4).unwrap();
+            assert_eq!((got.records.len(), got.newest), (3, 7));
         }
         // Zeroes after the end are fine.
         log.extend(vec![0; 100]);
-        assert_eq!(scan(&log, 4).unwrap().0.len(), 4);
+        assert_eq!(scan(&log, 4).unwrap().records.len(), 4);
     }
 
     #[test]
@@ -537,7 +571,26 @@ mod tests {
         }
         let n = log.len();
         log[n - 1] ^= 1;
-        assert_eq!(scan(&log, 0).unwrap().0.len(), 2);
+        assert_eq!(scan(&log, 0).unwrap().records.len(), 2);
+    }
+
+    /// Two records in flight at a crash: the first torn, the second whole. The
+    /// second was never acknowledged (it waits for the first), so it is dropped,
+    /// and `newest` makes the next log skip its LSN.
+    #[test]
+    fn a_whole_record_after_a_torn_one_in_flight_with_it_is_dropped() {
+        let mut log = Vec::new();
+        for lsn in 1..5u64 {
+            log.extend(record(lsn, b"payload"));
+        }
+        let rec = HEADER + 7;
+        log[2 * rec + HEADER + 1] ^= 1; // record 3 torn, record 4 whole
+        let got = scan(&log, 0).unwrap();
+        assert_eq!(got.records.len(), 2);
+        assert_eq!((got.end, got.newest), (2 * rec, 4));
+        // Two records later than the torn one cannot both have been in flight.
+        log.extend(record(5, b"payload"));
+        assert!(scan(&log, 0).unwrap_err().contains("record 5 follows"));
     }
 
     #[test]
@@ -553,13 +606,12 @@ mod tests {
         let write = w.take_write();
         let len = write.len();
         write.run().unwrap();
-        w.written(len);
         drop(w);
         let (_, data) = Wal::open(dir.path(), 4096).unwrap();
         assert_eq!(data.len(), 4096, "zero-filled to capacity");
-        let (recs, end) = scan(&data, 0).unwrap();
-        assert_eq!(end, len);
-        assert_eq!(decode_payload(recs[0].1, no_hints).unwrap(), ops());
+        let got = scan(&data, 0).unwrap();
+        assert_eq!(got.end, len);
+        assert_eq!(decode_payload(got.records[0].1, no_hints).unwrap(), ops());
     }
 
     proptest! {
@@ -572,7 +624,8 @@ mod tests {
                 log.extend(record(lsn, &[lsn as u8; 3]));
             }
             log.extend(tail);
-            if let Ok((recs, _)) = scan(&log, 0) {
+            if let Ok(got) = scan(&log, 0) {
+                let recs = got.records;
                 prop_assert!(recs.len() as u64 >= n);
                 for (i, (lsn, p)) in recs.iter().enumerate().take(n as usize) {
                     prop_assert_eq!(*lsn, i as u64 + 1);
