@@ -483,6 +483,7 @@ mod tests {
         assert_eq!(c.seeds, vec!["127.0.0.1:7001".to_string()]);
         assert_eq!(c.core.anti_entropy_interval, Dur::secs(10));
         assert_eq!(c.cluster_key_file, PathBuf::from("cluster.key"));
+        assert_eq!(c.sync_depth, 2);
     }
 
     #[test]
@@ -494,6 +495,20 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{e:#}").contains("w must be between 1 and n=3, got 4"));
+        for depth in [0, 3] {
+            let e = ServeArgs {
+                sync_depth: Some(depth),
+                ..args()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(
+                format!("{e:#}").contains(&format!(
+                    "--sync-depth must be between 1 and 2, got {depth}"
+                )),
+                "{e:#}"
+            );
+        }
         let e = ServeArgs {
             id: Some("?".into()),
             ..args()
