@@ -670,6 +670,9 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             };
             self.taken += 1;
             self.ahead = 0;
+            if !self.flights.is_empty() {
+                self.metrics.add("storage_syncs_overlapped", 1);
+            }
             self.flights.push_back(Flight {
                 batches,
                 job: job.map(tokio::task::spawn_blocking),
@@ -1079,6 +1082,7 @@ mod tests {
         Handle,
         oneshot::Sender<()>,
         tokio::task::JoinHandle<anyhow::Result<()>>,
+        Arc<Metrics>,
     ) {
         let (a, b, c) = (NodeId(0), NodeId(1), NodeId(2));
         let clock = Clock::new();
@@ -1095,14 +1099,8 @@ mod tests {
         );
         let (_net_tx, net_rx) = mpsc::channel::<NetInput>(8);
         let sink = Recorder::default();
-        let (driver, handle) = Driver::new(
-            node,
-            sink.clone(),
-            net_rx,
-            clock,
-            Arc::new(Metrics::new()),
-            8,
-        );
+        let metrics = Arc::new(Metrics::new());
+        let (driver, handle) = Driver::new(node, sink.clone(), net_rx, clock, metrics.clone(), 8);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(driver.with_sync_depth(depth).run(async move {
             let _net_tx = _net_tx;
@@ -1110,7 +1108,14 @@ mod tests {
         }));
         // Start-up state (generation) is pending: let that first sync through.
         gates.open(0).await;
-        (gates, sink, handle, stop_tx, task)
+        for _ in 0..400 {
+            if metrics.counter("storage_syncs") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(metrics.counter("storage_syncs"), 1, "start-up sync not done");
+        (gates, sink, handle, stop_tx, task, metrics)
     }
 
     /// Replica writes (`Store` with a request id) the driver has sent.
@@ -1160,7 +1165,7 @@ mod tests {
     /// while its own fsync is still running; the client's acknowledgement waits for it.
     #[tokio::test]
     async fn replica_writes_leave_before_the_fsync_replies_only_after() {
-        let (gates, sink, handle, stop_tx, task) = gated_driver(1).await;
+        let (gates, sink, handle, stop_tx, task, _metrics) = gated_driver(1).await;
         let mut reply = put(&handle, "k");
         // The replica writes go out although the local fsync has not completed...
         wait_for_stores(&sink, 2).await;
@@ -1185,7 +1190,7 @@ mod tests {
     /// once the first is durable, and its reply waits for its own group.
     #[tokio::test]
     async fn depth_one_handles_inputs_during_an_fsync_and_syncs_in_turn() {
-        let (gates, sink, handle, stop_tx, task) = gated_driver(1).await;
+        let (gates, sink, handle, stop_tx, task, metrics) = gated_driver(1).await;
         let mut first = put(&handle, "k1");
         wait_for_stores(&sink, 2).await;
         assert_eq!(gates.taken(), 2);
@@ -1194,6 +1199,7 @@ mod tests {
         wait_for_stores(&sink, 4).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(gates.taken(), 2, "a second group taken at depth 1");
+        assert_eq!(metrics.counter("storage_syncs_overlapped"), 0);
         gates.open(1).await;
         written(&mut first).await;
         // k2's group is taken now, and its reply waits for it.
@@ -1213,7 +1219,7 @@ mod tests {
     /// (a crash could lose the first record, and recovery stops there).
     #[tokio::test]
     async fn depth_two_syncs_groups_together_and_releases_them_in_order() {
-        let (gates, sink, handle, stop_tx, task) = gated_driver(2).await;
+        let (gates, sink, handle, stop_tx, task, metrics) = gated_driver(2).await;
         let mut first = put(&handle, "k1");
         wait_for_stores(&sink, 2).await;
         let mut second = put(&handle, "k2");
@@ -1225,6 +1231,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(gates.taken(), 3, "k2's group not synced alongside k1's");
+        assert_eq!(metrics.counter("storage_syncs_overlapped"), 1);
         gates.open(2).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(

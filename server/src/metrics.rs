@@ -127,7 +127,7 @@ impl Default for Metrics {
 }
 
 /// Counters the driver bumps, with their help text. Only these names are valid.
-const COUNTERS: [(&str, &str); 18] = [
+const COUNTERS: [(&str, &str); 19] = [
     (
         "hints_stored",
         "Hinted replicas this node stored as a stand-in.",
@@ -174,6 +174,10 @@ const COUNTERS: [(&str, &str); 18] = [
         "Own copies of keys this node does not replicate in a ring it adopted unprepared, handed to their owners as hints.",
     ),
     ("storage_syncs", "Group commits (one fsync each)."),
+    (
+        "storage_syncs_overlapped",
+        "Group commits started while an earlier one was still running (--sync-depth 2).",
+    ),
     ("messages_ignored", "Peer messages ignored by the core."),
     (
         "gossip_rounds",

@@ -12,10 +12,12 @@
 //! one fsync. Syncs pipeline ([`RedbStorage::start_sync`]): batches are applied
 //! while the previous group's record is being written, and up to
 //! [`wal::MAX_IN_FLIGHT`] records are written and synced at once; the driver
-//! releases a group's outputs only once it and every earlier group are durable. Every [`CHECKPOINT_BATCHES`] batches, or when the log is full, the
-//! sync *checkpoints* instead: it commits the open transaction with
-//! `Durability::Immediate`, recording the last log sequence number it covers, and
-//! the log starts over. Opening replays the records after the checkpoint's.
+//! releases a group's outputs only once it and every earlier group are durable.
+//! Every [`CHECKPOINT_BATCHES`] batches, or when the log is full, the sync
+//! *checkpoints* instead (alone, once the records in flight are on disk): it
+//! commits the open transaction with `Durability::Immediate`, recording the last
+//! log sequence number it covers, and the log starts over. Opening replays the
+//! records after the checkpoint's.
 //!
 //! A batch is all-or-nothing: if any op of a batch fails, the open transaction is
 //! aborted and the storage is *poisoned*: that `apply` and every later
