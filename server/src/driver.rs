@@ -1114,7 +1114,11 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(metrics.counter("storage_syncs"), 1, "start-up sync not done");
+        assert_eq!(
+            metrics.counter("storage_syncs"),
+            1,
+            "start-up sync not done"
+        );
         (gates, sink, handle, stop_tx, task, metrics)
     }
 
