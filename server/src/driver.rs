@@ -969,6 +969,17 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 
+    /// Waits up to 2 s for `done` to hold; whether it did.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..400 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        done()
+    }
+
     /// Each group commit's gate, in the order the groups were taken.
     #[derive(Clone, Default)]
     struct Gates(Arc<Mutex<Vec<Option<std::sync::mpsc::Sender<()>>>>>);
@@ -976,15 +987,12 @@ mod tests {
     impl Gates {
         /// Lets group commit `i` (0-based) finish, once it has been taken.
         async fn open(&self, i: usize) {
-            for _ in 0..400 {
-                if let Some(g) = self.0.lock().unwrap().get_mut(i) {
-                    // Dropping the sender ends the job's wait.
-                    g.take().expect("opened twice");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            panic!("group commit {i} was never taken");
+            assert!(
+                eventually(|| self.taken() > i).await,
+                "group commit {i} was never taken"
+            );
+            // Dropping the sender ends the job's wait.
+            self.0.lock().unwrap()[i].take().expect("opened twice");
         }
 
         fn taken(&self) -> usize {
@@ -1108,15 +1116,8 @@ mod tests {
         }));
         // Start-up state (generation) is pending: let that first sync through.
         gates.open(0).await;
-        for _ in 0..400 {
-            if metrics.counter("storage_syncs") == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(
-            metrics.counter("storage_syncs"),
-            1,
+        assert!(
+            eventually(|| metrics.counter("storage_syncs") == 1).await,
             "start-up sync not done"
         );
         (gates, sink, handle, stop_tx, task, metrics)
@@ -1136,13 +1137,12 @@ mod tests {
     }
 
     async fn wait_for_stores(sink: &Recorder, n: usize) {
-        for _ in 0..400 {
-            if stores(sink).len() >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("{n} replica writes expected, {} sent", stores(sink).len());
+        let sent = eventually(|| stores(sink).len() >= n).await;
+        assert!(
+            sent,
+            "{n} replica writes expected, {} sent",
+            stores(sink).len()
+        );
     }
 
     /// A W=1 put: the local write alone completes it, in the same input.
@@ -1228,12 +1228,7 @@ mod tests {
         wait_for_stores(&sink, 2).await;
         let mut second = put(&handle, "k2");
         wait_for_stores(&sink, 4).await;
-        for _ in 0..400 {
-            if gates.taken() == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually(|| gates.taken() == 3).await;
         assert_eq!(gates.taken(), 3, "k2's group not synced alongside k1's");
         assert_eq!(metrics.counter("storage_syncs_overlapped"), 1);
         gates.open(2).await;

@@ -551,12 +551,14 @@ mod tests {
         assert_eq!(scan(&log, 4).unwrap().records.len(), 4);
     }
 
+    /// Records `lsns`, each with the payload "payload" (so `HEADER + 7` bytes long).
+    fn log_of(lsns: std::ops::Range<u64>) -> Vec<u8> {
+        lsns.flat_map(|lsn| record(lsn, b"payload")).collect()
+    }
+
     #[test]
     fn damage_in_the_middle_is_an_error_not_a_silent_loss() {
-        let mut log = Vec::new();
-        for lsn in 1..5u64 {
-            log.extend(record(lsn, b"payload"));
-        }
+        let mut log = log_of(1..5);
         let second = HEADER + 7;
         log[second + HEADER + 2] ^= 1; // record 2's payload
         let err = scan(&log, 0).unwrap_err();
@@ -565,10 +567,7 @@ mod tests {
             "{err}"
         );
         // Damage in the last record alone is a torn tail, not an error.
-        let mut log = Vec::new();
-        for lsn in 1..4u64 {
-            log.extend(record(lsn, b"payload"));
-        }
+        let mut log = log_of(1..4);
         let n = log.len();
         log[n - 1] ^= 1;
         assert_eq!(scan(&log, 0).unwrap().records.len(), 2);
@@ -579,10 +578,7 @@ mod tests {
     /// and `newest` makes the next log skip its LSN.
     #[test]
     fn a_whole_record_after_a_torn_one_in_flight_with_it_is_dropped() {
-        let mut log = Vec::new();
-        for lsn in 1..5u64 {
-            log.extend(record(lsn, b"payload"));
-        }
+        let mut log = log_of(1..5);
         let rec = HEADER + 7;
         log[2 * rec + HEADER + 1] ^= 1; // record 3 torn, record 4 whole
         let got = scan(&log, 0).unwrap();
