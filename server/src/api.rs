@@ -315,34 +315,67 @@ fn parse_kinds(uri: &Uri) -> Result<Option<Vec<String>>, ApiError> {
     Ok((!kinds.is_empty()).then_some(kinds))
 }
 
-/// `GET /events[?kinds=hint,handoff,…]`: this node's core events as server-sent
-/// events, from the moment of the request, each `data:` line the JSON of one
-/// [`crate::driver::EventLine`]. A subscriber that falls more than
-/// [`crate::driver::EVENT_BUFFER`] events behind gets an `event: lagged` message
-/// with the number skipped and continues with the newest; the node never waits.
+/// The `peers=` switch of `/events`: `1`/`true` adds the peer-message lines.
+fn parse_peers(uri: &Uri) -> Result<bool, ApiError> {
+    match query_values(uri, "peers").last() {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true" | "") => Ok(true),
+        Some(bad) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_param",
+            format!("peers={bad:?}: expected 1 or 0"),
+        )),
+    }
+}
+
+/// `GET /events[?kinds=hint,handoff,…][&peers=1]`: this node's core events as
+/// server-sent events, from the moment of the request, each `data:` line the JSON
+/// of one [`crate::driver::EventLine`]. With `peers=1` the stream also carries
+/// `event: peer` messages, one per peer message this node sends or receives
+/// (sampled, see [`crate::peer_stream`]); `kinds=` filters core events only. A
+/// subscriber that falls more than [`crate::driver::EVENT_BUFFER`] events behind
+/// gets an `event: lagged` message with the number skipped and continues with the
+/// newest; the node never waits.
 async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, ApiError> {
     use axum::response::sse::{Event as Sse, KeepAlive};
     use tokio::sync::broadcast::error::RecvError;
     let kinds = parse_kinds(&uri)?;
+    let peers = parse_peers(&uri)?.then(|| s.handle.subscribe_peers());
     let rx = s.handle.subscribe();
-    let stream = futures_util::stream::unfold((rx, kinds), |(mut rx, kinds)| async move {
-        loop {
-            let item = match rx.recv().await {
-                Ok(line) => {
-                    if kinds
-                        .as_ref()
-                        .is_some_and(|k| !k.iter().any(|k| k == line.kind))
-                    {
-                        continue;
+    let stream = futures_util::stream::unfold(
+        (rx, peers, kinds),
+        |(mut rx, mut peers, kinds)| async move {
+            loop {
+                let peer_line = async {
+                    match peers.as_mut() {
+                        Some(p) => p.recv().await,
+                        None => std::future::pending().await,
                     }
-                    Sse::default().data(line.json.as_str())
-                }
-                Err(RecvError::Lagged(n)) => Sse::default().event("lagged").data(n.to_string()),
-                Err(RecvError::Closed) => return None,
-            };
-            return Some((Ok::<_, std::convert::Infallible>(item), (rx, kinds)));
-        }
-    });
+                };
+                let item = tokio::select! {
+                    line = rx.recv() => match line {
+                        Ok(line) => {
+                            if kinds
+                                .as_ref()
+                                .is_some_and(|k| !k.iter().any(|k| k == line.kind))
+                            {
+                                continue;
+                            }
+                            Sse::default().data(line.json.as_str())
+                        }
+                        Err(RecvError::Lagged(n)) => Sse::default().event("lagged").data(n.to_string()),
+                        Err(RecvError::Closed) => return None,
+                    },
+                    line = peer_line => match line {
+                        Ok(line) => Sse::default().event("peer").data(line.as_str()),
+                        Err(RecvError::Lagged(n)) => Sse::default().event("lagged").data(n.to_string()),
+                        Err(RecvError::Closed) => return None,
+                    },
+                };
+                return Some((Ok::<_, std::convert::Infallible>(item), (rx, peers, kinds)));
+            }
+        },
+    );
     Ok(axum::response::Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -730,6 +763,20 @@ mod tests {
         );
         for bad in ["?kinds=Hint", "?kinds=a%20b", "?kinds=hint,x;y"] {
             assert_eq!(k(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_peers_switch_parses_and_rejects_garbage() {
+        let p = |q: &str| parse_peers(&format!("/events{q}").parse::<Uri>().unwrap());
+        for off in ["", "?peers=0", "?peers=false", "?kinds=hint"] {
+            assert!(!p(off).unwrap(), "{off}");
+        }
+        for on in ["?peers=1", "?peers=true", "?peers", "?kinds=hint&peers=1"] {
+            assert!(p(on).unwrap(), "{on}");
+        }
+        for bad in ["?peers=yes", "?peers=2", "?peers=%31"] {
+            assert_eq!(p(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
         }
     }
 

@@ -26,6 +26,7 @@
 //! watch channel whenever membership or reachability changes.
 
 use crate::metrics::Metrics;
+use crate::peer_stream::{Dir, PeerTap};
 use ringlab_core::gossip::Status;
 use ringlab_core::store::StorageError;
 use ringlab_core::{
@@ -306,6 +307,7 @@ pub struct Handle {
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
     events: broadcast::Sender<Arc<EventLine>>,
+    peers: broadcast::Sender<Arc<String>>,
 }
 
 /// One core event as the live stream (`GET /events`) sends it.
@@ -351,6 +353,12 @@ impl Handle {
     /// A live feed of this node's core events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventLine>> {
         self.events.subscribe()
+    }
+
+    /// A live feed of the messages this node sends and receives from now on, one
+    /// JSON line each, sampled (see [`crate::peer_stream`]).
+    pub fn subscribe_peers(&self) -> broadcast::Receiver<Arc<String>> {
+        self.peers.subscribe()
     }
 
     /// Client commands waiting for the node task.
@@ -430,6 +438,7 @@ pub struct Driver<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'st
     batches_at_sync: u64,
     last_gauges: Option<Instant>,
     events_tx: broadcast::Sender<Arc<EventLine>>,
+    peer_tap: PeerTap,
 }
 
 impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<S, P, I> {
@@ -446,6 +455,8 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
         let (view_tx, view) = watch::channel(Arc::new(ClusterView::default()));
         let (events_tx, _) = broadcast::channel(EVENT_BUFFER);
         let batches_at_sync = node.storage().commits();
+        let peer_tap = PeerTap::new(node.id());
+        let peers = peer_tap.sender();
         let mut driver = Driver {
             node,
             net,
@@ -470,6 +481,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             batches_at_sync,
             last_gauges: None,
             events_tx: events_tx.clone(),
+            peer_tap,
         };
         driver.publish();
         let handle = Handle {
@@ -477,6 +489,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             view,
             metrics,
             events: events_tx,
+            peers,
         };
         (driver, handle)
     }
@@ -586,7 +599,12 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
 
     fn on_net(&mut self, m: NetInput) {
         match m {
-            NetInput::Message { from, msg } => self.input(Input::Message { from, msg }),
+            NetInput::Message { from, msg } => {
+                let clock = &self.clock;
+                self.peer_tap
+                    .record(|| clock.now().as_millis(), Dir::In, from, &msg);
+                self.input(Input::Message { from, msg })
+            }
             NetInput::Peer { id, peer_addr } => {
                 if id != self.node.id() {
                     self.net.set_addr(id, peer_addr.clone());
@@ -623,7 +641,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             match out {
                 // Replica writes/reads and forwards leave now, so the replicas'
                 // fsyncs overlap ours; everything that acknowledges waits for it.
-                Output::Send { to, msg } if msg.may_precede_durability() => self.net.send(to, &msg),
+                Output::Send { to, msg } if msg.may_precede_durability() => self.send(to, &msg),
                 Output::Send { to, msg } => self.hold(group, Held::Send(to, msg)),
                 Output::Reply { req, result } => self.hold(group, Held::Reply(req, result)),
                 Output::Event(e) => self.on_event(e),
@@ -640,9 +658,16 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
         }
     }
 
+    fn send(&mut self, to: NodeId, msg: &Message) {
+        let clock = &self.clock;
+        self.peer_tap
+            .record(|| clock.now().as_millis(), Dir::Out, to, msg);
+        self.net.send(to, msg);
+    }
+
     fn emit(&mut self, out: Held) {
         match out {
-            Held::Send(to, msg) => self.net.send(to, &msg),
+            Held::Send(to, msg) => self.send(to, &msg),
             Held::Reply(req, result) => {
                 if let Some(tx) = self.waiting.remove(&req) {
                     // The client may have gone away; its answer is then dropped.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod driver;
 pub mod metrics;
+pub mod peer_stream;
 pub mod serve;
 pub mod stdout;
 pub mod storage;

@@ -80,3 +80,75 @@ fn events_stream_core_events_filtered_by_kind() {
     assert_eq!(r.status, 400, "{r:?}");
     c.assert_no_panics();
 }
+
+/// `peers=1` adds one `event: peer` line per message the node sends or receives:
+/// a W=3 write coordinated by A shows on B as a replica write in from A and its
+/// ack out to A. Without it, no peer line is sent.
+#[test]
+fn events_stream_peer_messages_on_request() {
+    let c = Cluster::start(3, ClusterOpts::fast());
+    let b = 1;
+    let with = stream(c.nodes[b].http, "/events?kinds=stored&peers=1");
+    let without = stream(c.nodes[b].http, "/events?kinds=stored");
+    wait_for("the streams to open", Duration::from_secs(10), || {
+        with.lock().unwrap().contains("text/event-stream")
+            && without.lock().unwrap().contains("text/event-stream")
+    });
+    let r = c.put(0, "peer-key", b"v", None, Some(3)).expect("put");
+    assert_eq!(r.status, 204, "{r:?}");
+    let a = c.nodes[0].id.clone();
+    let peer_lines = |text: &str| -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut peer = false;
+        for l in text.lines() {
+            if l == "event: peer" {
+                peer = true;
+            } else if let Some(d) = l.strip_prefix("data: ") {
+                if peer {
+                    out.push(serde_json::from_str(d).expect("a peer line is JSON"));
+                }
+                peer = false;
+            } else if l.is_empty() {
+                peer = false;
+            }
+        }
+        out
+    };
+    let has = |lines: &[serde_json::Value], dir: &str, kind: &str| {
+        lines
+            .iter()
+            .any(|l| l["dir"] == dir && l["peer"] == a.as_str() && l["kind"] == kind)
+    };
+    wait_for(
+        "B to stream the replica write from A and its ack",
+        Duration::from_secs(10),
+        || {
+            let lines = peer_lines(&with.lock().unwrap());
+            has(&lines, "in", "ReplicaWrite") && has(&lines, "out", "ReplicaAck")
+        },
+    );
+    for l in peer_lines(&with.lock().unwrap()) {
+        assert_eq!(l["node"], c.nodes[b].id, "{l}");
+        assert!(
+            l["at_ms"].as_u64().is_some() && l["skipped"].as_u64().is_some(),
+            "{l}"
+        );
+    }
+    // The same write reached the plain stream, but no peer line did.
+    wait_for(
+        "the plain stream's stored event",
+        Duration::from_secs(10),
+        || without.lock().unwrap().contains("\"ReplicaStored\""),
+    );
+    assert!(
+        !without.lock().unwrap().contains("event: peer"),
+        "{}",
+        without.lock().unwrap()
+    );
+    let r = c
+        .http
+        .get(&format!("{}/events?peers=yes", c.url(b)))
+        .expect("get");
+    assert_eq!(r.status, 400, "{r:?}");
+    c.assert_no_panics();
+}
