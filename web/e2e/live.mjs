@@ -3,8 +3,10 @@
 // origin, opens /?live=URL, and checks: the stream opens and the membership view
 // lists the node with its hint count; its ring is drawn and a typed key shows its
 // replicas; a write made with plain HTTP shows up in the live log in the explorer's
-// wording; killing the node is shown as "retrying", and restarting it reattaches on
-// its own; Disconnect closes the stream.
+// wording; a second node joins and the messages between the two are drawn as dots
+// flying between them (GET /events?peers=1), counted by kind; killing the node is
+// shown as "retrying", and restarting it reattaches on its own; Disconnect closes
+// the stream.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -28,6 +30,21 @@ const origin = `http://127.0.0.1:${server.address().port}`;
 const [peer, httpPort] = [await freePort(), await freePort()];
 const nodeUrl = `http://127.0.0.1:${httpPort}`;
 let node = null;
+let nodeB = null;
+const [peerB, httpB] = [await freePort(), await freePort()];
+const startB = () => {
+  const log = fs.openSync(path.join(dir, "B.log"), "a");
+  nodeB = spawn(bin, ["serve", "--id", "B", "--peer-addr", `127.0.0.1:${peerB}`, "--http", `127.0.0.1:${httpB}`,
+    "--data-dir", path.join(dir, "dataB"), "--seeds", `127.0.0.1:${peer}`, "--cluster-key-file", path.join(dir, "cluster.key"),
+    "--n", "1", "--r", "1", "--w", "1", "--allow-origin", origin], { stdio: ["ignore", log, log] });
+};
+const stopB = async () => {
+  if (!nodeB) return;
+  const done = new Promise((r) => nodeB.once("exit", r));
+  nodeB.kill("SIGKILL");
+  await done;
+  nodeB = null;
+};
 const start = () => {
   const log = fs.openSync(path.join(dir, "A.log"), "a");
   node = spawn(bin, ["serve", "--id", "A", "--peer-addr", `127.0.0.1:${peer}`, "--http", `127.0.0.1:${httpPort}`,
@@ -80,7 +97,22 @@ try {
   await page.waitForSelector('[data-testid="live-log"] >> text=stored greeting', { timeout: 20000 });
   check(true, "the write appears in the live log as 'stored greeting'");
   check((await page.textContent('[data-testid="live-counts"]')).includes("stored"), "event counts by kind include stored");
+
+  startB();
+  await page.waitForSelector('[data-testid="live-member-B"]', { timeout: 30000 });
+  check(true, "a second node joins and shows in the membership view");
+  await page.waitForSelector('[data-testid="live-flight"][data-from="B"][data-to="A"]', { state: "attached", timeout: 20000 });
+  await page.waitForSelector('[data-testid="live-flight"][data-from="A"][data-to="B"]', { state: "attached", timeout: 20000 });
+  const kinds = await page.$$eval('[data-testid="live-flight"]', (els) => [...new Set(els.map((e) => e.dataset.kind))]);
+  check(true, `messages both ways between A and B are drawn as dots in flight (${kinds.join(", ")})`);
+  // The dots move: some are part-way along their path (a translate, not the identity).
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="live-flight"]')]
+    .some((e) => { const t = getComputedStyle(e).transform; return t !== "none" && t !== "matrix(1, 0, 0, 1, 0, 0)"; }), null, { timeout: 20000 });
+  check(true, "the dots move from sender to receiver (CSS animation)");
+  const peers = await page.textContent('[data-testid="live-peers"]');
+  check(/peer messages: [1-9]/.test(peers), `peer messages are counted by kind (${peers.trim()})`);
   await page.screenshot({ path: path.join(artifacts, "live.png") });
+  await stopB();
 
   await stop();
   await waitState("retrying");
@@ -97,6 +129,7 @@ try {
   failed = true;
   console.error(e);
 } finally {
+  await stopB();
   await stop();
   await cleanup();
   server.close();

@@ -149,7 +149,7 @@ fn default_scenario() -> Scenario {
     Scenario::new(cfg)
 }
 
-fn kind_color(k: MessageKind) -> &'static str {
+pub(crate) fn kind_color(k: MessageKind) -> &'static str {
     match k {
         MessageKind::ClientForward => "#1f77b4",
         MessageKind::ReplicaWrite => "#2ca02c",

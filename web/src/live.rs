@@ -51,6 +51,60 @@ pub fn parse_event(data: &str) -> Result<LiveLine, String> {
     })
 }
 
+/// One peer message the node sent or received (`event: peer` of
+/// `GET /events?peers=1`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PeerLine {
+    /// The node's clock (ms).
+    pub at_ms: u64,
+    /// The node that saw it.
+    pub node: String,
+    /// `out` (sent to `peer`) or `in` (received from it).
+    pub dir: String,
+    /// The other end.
+    pub peer: String,
+    /// The core's message kind.
+    pub kind: ringlab_core::MessageKind,
+    /// Messages the node did not report since the previous line (its rate cap).
+    pub skipped: u64,
+}
+
+impl PeerLine {
+    /// Sender and receiver.
+    pub fn ends(&self) -> (&str, &str) {
+        if self.dir == "in" {
+            (&self.peer, &self.node)
+        } else {
+            (&self.node, &self.peer)
+        }
+    }
+}
+
+/// Decodes one `event: peer` payload.
+pub fn parse_peer(data: &str) -> Result<PeerLine, String> {
+    let p: PeerLine =
+        serde_json::from_str(data).map_err(|e| format!("undecodable peer message: {e}"))?;
+    if p.dir != "in" && p.dir != "out" {
+        return Err(format!("undecodable peer message: direction {:?}", p.dir));
+    }
+    Ok(p)
+}
+
+/// How long a message's dot takes to cross the ring (ms; the CSS animation).
+const FLIGHT_MS: f64 = 900.0;
+/// Dots on screen at most (the oldest go first).
+const MAX_FLIGHTS: usize = 48;
+
+/// A message being drawn.
+#[derive(Clone, Debug)]
+struct Flight {
+    id: u64,
+    from: String,
+    to: String,
+    kind: ringlab_core::MessageKind,
+    born_ms: f64,
+}
+
 /// One member of `GET /cluster`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Member {
@@ -203,6 +257,8 @@ pub enum Msg {
     Opened,
     /// One `data:` payload.
     Data(String),
+    /// One `event: peer` payload.
+    Peer(String),
     /// The node skipped this many events for us (`event: lagged`).
     Lagged(String),
     /// The stream failed.
@@ -249,6 +305,11 @@ pub struct LiveView {
     last_fetch_ms: f64,
     key: String,
     hints: BTreeMap<String, Result<u64, String>>,
+    flights: VecDeque<Flight>,
+    next_flight: u64,
+    /// Peer messages reported, by kind, and those the node left out (rate cap).
+    peer_counts: BTreeMap<ringlab_core::MessageKind, u64>,
+    peer_skipped: u64,
 }
 
 /// The `?live=` query parameter of the page, if any.
@@ -289,6 +350,10 @@ impl Component for LiveView {
             last_fetch_ms: f64::NEG_INFINITY,
             key: String::new(),
             hints: BTreeMap::new(),
+            flights: VecDeque::new(),
+            next_flight: 0,
+            peer_counts: BTreeMap::new(),
+            peer_skipped: 0,
         }
     }
 
@@ -347,6 +412,23 @@ impl Component for LiveView {
                 }
                 Err(e) => self.undecodable = Some(e),
             },
+            Msg::Peer(d) => match parse_peer(&d) {
+                Ok(p) => {
+                    *self.peer_counts.entry(p.kind).or_default() += 1;
+                    self.peer_skipped += p.skipped;
+                    let (from, to) = p.ends();
+                    self.flights.push_back(Flight {
+                        id: self.next_flight,
+                        from: from.to_owned(),
+                        to: to.to_owned(),
+                        kind: p.kind,
+                        born_ms: js_sys::Date::now(),
+                    });
+                    self.next_flight += 1;
+                    self.prune_flights();
+                }
+                Err(e) => self.undecodable = Some(e),
+            },
             Msg::Lagged(n) => self.skipped += n.trim().parse::<u64>().unwrap_or(0),
             Msg::Cluster(c) => {
                 if let (Ok(view), Some(base)) = (&c, &self.base) {
@@ -370,7 +452,10 @@ impl Component for LiveView {
                     fetch_cluster(ctx, base);
                     self.last_fetch_ms = js_sys::Date::now();
                 }
-                return false;
+                // Dots that have landed go (their animation ended invisible).
+                let before = self.flights.len();
+                self.prune_flights();
+                return self.flights.len() != before;
             }
             Msg::Hints(id, h) => {
                 self.hints.insert(id, h);
@@ -381,6 +466,9 @@ impl Component for LiveView {
                 self.counts.clear();
                 self.received = 0;
                 self.skipped = 0;
+                self.flights.clear();
+                self.peer_counts.clear();
+                self.peer_skipped = 0;
             }
         }
         true
@@ -426,6 +514,15 @@ impl Component for LiveView {
                 </div>
                 if let Some(e) = &self.undecodable { <div class="small muted">{ e }</div> }
                 { self.cluster_view(ctx) }
+                if !self.peer_counts.is_empty() {
+                    <div class="small" data-testid="live-peers" title="messages this node sent or received, by kind (a sample under load: the node reports at most 200 a second)">
+                        { format!("peer messages: {}", self.peer_counts.values().sum::<u64>()) }
+                        if self.peer_skipped > 0 { { format!(" (+{} not reported)", self.peer_skipped) } }
+                        { for self.peer_counts.iter().map(|(k, n)| html!{
+                            <span class="chip" style={format!("border-color: {}", crate::app::kind_color(*k))}>{ format!("{k:?} {n}") }</span>
+                        }) }
+                    </div>
+                }
                 if !self.counts.is_empty() {
                     <div class="small" data-testid="live-counts">{ for self.counts.iter().map(|(k, n)| html!{ <span class="chip">{ format!("{k} {n}") }</span> }) }</div>
                 }
@@ -442,6 +539,18 @@ impl Component for LiveView {
 }
 
 impl LiveView {
+    /// Drops dots that have landed, and the oldest beyond [`MAX_FLIGHTS`].
+    fn prune_flights(&mut self) {
+        let now = js_sys::Date::now();
+        while self
+            .flights
+            .front()
+            .is_some_and(|f| now - f.born_ms > FLIGHT_MS || self.flights.len() > MAX_FLIGHTS)
+        {
+            self.flights.pop_front();
+        }
+    }
+
     fn cluster_view(&self, ctx: &Context<Self>) -> Html {
         match &self.cluster {
             None => html! {},
@@ -526,6 +635,23 @@ impl LiveView {
                 <title>{ format!("{} ({}): {}", m.id, m.zone, m.status) }</title>
             </g> }
         });
+        // Messages in flight: a dot from sender to receiver (the CSS animation moves
+        // it by --dx/--dy), in the simulator's colour for its kind.
+        let pos: BTreeMap<&str, (f64, f64)> = c
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.id.as_str(), node_pos(i, count)))
+            .collect();
+        let flights = self.flights.iter().filter_map(|f| {
+            let ((x0, y0), (x1, y1)) = (*pos.get(f.from.as_str())?, *pos.get(f.to.as_str())?);
+            Some(html! {
+                <circle key={f.id} class="flight" data-testid="live-flight" data-kind={format!("{:?}", f.kind)}
+                    data-from={f.from.clone()} data-to={f.to.clone()}
+                    cx={format!("{x0:.1}")} cy={format!("{y0:.1}")} r="9" fill={crate::app::kind_color(f.kind)}
+                    style={format!("--dx: {:.1}px; --dy: {:.1}px; animation-duration: {FLIGHT_MS}ms", x1 - x0, y1 - y0)}/>
+            })
+        });
         let oninput = ctx.link().callback(|e: InputEvent| {
             Msg::Key(
                 e.target_dyn_into::<web_sys::HtmlInputElement>()
@@ -540,6 +666,7 @@ impl LiveView {
                     { for arcs }
                     { for tick }
                     { for nodes }
+                    <g class="flights">{ for flights }</g>
                     <text x="320" y="326" text-anchor="middle" class="center">{ format!("ring v{} · Q={}", c.ring_version, c.partitions.len()) }</text>
                 </svg>
                 <div class="row small">
@@ -576,7 +703,7 @@ fn origin() -> String {
 
 /// Opens the event stream of the node at `base`.
 fn open(ctx: &Context<LiveView>, base: &str) -> Result<Stream, String> {
-    let source = web_sys::EventSource::new(&format!("{base}/events"))
+    let source = web_sys::EventSource::new(&format!("{base}/events?peers=1"))
         .map_err(|e| format!("cannot open {base}/events: {e:?}"))?;
     let link = ctx.link().clone();
     let on_open =
@@ -592,6 +719,11 @@ fn open(ctx: &Context<LiveView>, base: &str) -> Result<Stream, String> {
             link.send_message(Msg::Lagged(e.data().as_string().unwrap_or_default()));
         });
     let link = ctx.link().clone();
+    let on_peer =
+        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
+            link.send_message(Msg::Peer(e.data().as_string().unwrap_or_default()));
+        });
+    let link = ctx.link().clone();
     let on_error =
         Closure::<dyn FnMut(web_sys::Event)>::new(move |_| link.send_message(Msg::Failed));
     source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
@@ -600,10 +732,13 @@ fn open(ctx: &Context<LiveView>, base: &str) -> Result<Stream, String> {
     source
         .add_event_listener_with_callback("lagged", on_lagged.as_ref().unchecked_ref())
         .map_err(|e| format!("cannot listen for lagged events: {e:?}"))?;
+    source
+        .add_event_listener_with_callback("peer", on_peer.as_ref().unchecked_ref())
+        .map_err(|e| format!("cannot listen for peer messages: {e:?}"))?;
     let link = ctx.link().clone();
     Ok(Stream {
         source,
-        _callbacks: vec![on_open, on_data, on_lagged],
+        _callbacks: vec![on_open, on_data, on_lagged, on_peer],
         _on_error: on_error,
         _refresh: gloo_timers::callback::Interval::new(2_000, move || {
             link.send_message(Msg::Refresh)
@@ -683,6 +818,29 @@ mod tests {
             r#"{"at_ms":1,"node":"A","kind":"x","event":{"Nope":{}}}"#,
         ] {
             assert!(parse_event(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn peer_lines_decode_with_their_direction() {
+        let p = parse_peer(
+            r#"{"at_ms":7,"node":"B","dir":"in","peer":"A","kind":"ReplicaWrite","skipped":3}"#,
+        )
+        .unwrap();
+        assert_eq!(p.kind, ringlab_core::MessageKind::ReplicaWrite);
+        assert_eq!((p.at_ms, p.skipped), (7, 3));
+        assert_eq!(p.ends(), ("A", "B"), "in: the peer sent it to the node");
+        let out = parse_peer(
+            r#"{"at_ms":8,"node":"B","dir":"out","peer":"C","kind":"Probe","skipped":0}"#,
+        )
+        .unwrap();
+        assert_eq!(out.ends(), ("B", "C"));
+        for bad in [
+            r#"{"at_ms":8,"node":"B","dir":"up","peer":"C","kind":"Probe","skipped":0}"#,
+            r#"{"at_ms":8,"node":"B","dir":"out","peer":"C","kind":"Telepathy","skipped":0}"#,
+            "not json",
+        ] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
         }
     }
 
