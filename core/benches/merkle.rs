@@ -1,5 +1,6 @@
 //! Criterion benches for the per-partition Merkle tree: one-key updates and a
-//! full exchange (diff) between two 10^5-key replicas that differ in 10 keys.
+//! full exchange (diff) between two 10^5-key replicas that differ in 10 keys;
+//! one page of a partition pull.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ringlab_core::merkle::{run_exchange, Hash, MerkleConfig, MerkleTree};
@@ -72,9 +73,46 @@ fn exchange(c: &mut Criterion) {
     });
 }
 
+/// One page of a partition pull (64 keys after a cursor) from a 10^4-key
+/// partition tree: the tree-order cursor the node uses, against collecting and
+/// sorting every key per page as pulls did before.
+fn pull_page(c: &mut Criterion) {
+    let t = tree(10_000);
+    let order: Vec<Vec<u8>> = t.iter().map(|(k, _)| k.to_vec()).collect();
+    let cursor = order[order.len() / 2].clone();
+    c.bench_function(
+        "pull page of 64 after a cursor (1e4 keys): tree order",
+        |b| {
+            b.iter(|| {
+                t.iter_after(Some(black_box(&cursor[..])))
+                    .take(65)
+                    .map(|(k, _)| k.len())
+                    .sum::<usize>()
+            })
+        },
+    );
+    let mut sorted = order.clone();
+    sorted.sort();
+    let key_cursor = sorted[sorted.len() / 2].clone();
+    c.bench_function(
+        "pull page of 64 after a cursor (1e4 keys): sort every key",
+        |b| {
+            b.iter(|| {
+                let mut keys: Vec<Vec<u8>> = t
+                    .iter()
+                    .map(|(k, _)| k.to_vec())
+                    .filter(|k| k.as_slice() > black_box(&key_cursor[..]))
+                    .collect();
+                keys.sort();
+                keys.into_iter().take(65).map(|k| k.len()).sum::<usize>()
+            })
+        },
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = update, exchange
+    targets = update, exchange, pull_page
 }
 criterion_main!(benches);

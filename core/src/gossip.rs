@@ -962,18 +962,18 @@ impl<S: Storage> Node<S> {
         let Some(tree) = self.ae.trees.get(&p) else {
             return;
         };
-        let keys: Vec<Vec<u8>> = tree
-            .iter()
+        // Pages follow the tree's own order (bucket, then key), so each costs its
+        // length, not a sort of the whole partition.
+        let page = self.config.hint_batch.max(1);
+        let mut keys: Vec<Vec<u8>> = tree
+            .iter_after(after.as_deref())
+            .take(page + 1)
             .map(|(k, _)| k.to_vec())
-            .filter(|k| after.as_ref().is_none_or(|a| k.as_slice() > a.as_ref()))
             .collect();
-        let mut keys = keys;
-        keys.sort();
-        let page = self.config.hint_batch;
         let done = keys.len() <= page;
+        keys.truncate(page);
         let items: Vec<(Bytes, Object)> = keys
             .into_iter()
-            .take(page)
             .filter_map(|k| self.storage.object(&k).map(|o| (Bytes::from(k), o)))
             .collect();
         self.send(
