@@ -77,6 +77,13 @@ pub struct Config {
     pub seed_gossip_every: u64,
     /// Which replicas a coordinator asks on a read (per node; need not agree).
     pub read_fanout: ReadFanout,
+    /// Partitions a gaining node pulls at once during a join or leave (per node).
+    /// Each pull is a chain of one-page requests served on the sources' node
+    /// tasks, between their client requests; like Riak's handoff concurrency,
+    /// a small number keeps a large transfer from crowding out foreground
+    /// traffic, at the price of a longer transfer.
+    #[serde(default = "default_pull_concurrency")]
+    pub pull_concurrency: usize,
 }
 
 /// How many replicas a read asks.
@@ -129,8 +136,13 @@ impl Default for Config {
             seeds: Vec::new(),
             seed_gossip_every: 3,
             read_fanout: ReadFanout::All,
+            pull_concurrency: default_pull_concurrency(),
         }
     }
+}
+
+fn default_pull_concurrency() -> usize {
+    2
 }
 
 impl Config {
@@ -191,7 +203,11 @@ impl Config {
         if self.merkle_depth > 24 {
             return Err(ConfigError::MerkleDepth(self.merkle_depth));
         }
-        if self.hint_batch == 0 || self.max_siblings == 0 || self.merkle_max_keys_per_round == 0 {
+        if self.hint_batch == 0
+            || self.max_siblings == 0
+            || self.merkle_max_keys_per_round == 0
+            || self.pull_concurrency == 0
+        {
             return Err(ConfigError::Zero);
         }
         Ok(())
@@ -223,7 +239,9 @@ pub enum ConfigError {
     )]
     TombstoneGrace,
     /// A count that must be positive is zero.
-    #[error("hint_batch, max_siblings and merkle_max_keys_per_round must be positive")]
+    #[error(
+        "hint_batch, max_siblings, merkle_max_keys_per_round and pull_concurrency must be positive"
+    )]
     Zero,
     /// Detector settings out of range.
     #[error("phi_threshold must be 1..=16, monitors and heartbeat_interval positive")]

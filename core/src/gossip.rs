@@ -240,7 +240,8 @@ pub enum Msg {
     Pull {
         /// Partition.
         partition: Partition,
-        /// Keys strictly after this one.
+        /// Keys after this one, in the partition's Merkle tree order (bucket, then
+        /// key: [`crate::merkle::MerkleTree::iter_after`]).
         after: Option<Bytes>,
     },
     /// A page of a partition's data.
@@ -252,6 +253,14 @@ pub enum Msg {
         /// Last page.
         done: bool,
     },
+}
+
+/// A partition this node is pulling: its cursor, and the request outstanding
+/// (which replica was asked, and when).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PullState {
+    after: Option<Bytes>,
+    asked: Option<(NodeId, crate::time::Time)>,
 }
 
 /// Fingerprint of a ring (FNV-1a of its encoding): the tie-break between two rings
@@ -912,14 +921,17 @@ impl<S: Storage> Node<S> {
         let mine = active.replicated_by(self.id);
         for p in pending.replicated_by(self.id) {
             if !mine.contains(&p) {
-                self.pulls.insert(p, None);
+                self.pulls.insert(p, PullState::default());
             }
         }
         self.continue_pulls();
     }
 
-    /// (Re)sends the next pull request of each partition still being pulled; when
-    /// none is left, reports `ready` for the pending version.
+    /// Keeps `pull_concurrency` partitions being pulled: asks again for those whose
+    /// last request went unanswered for `request_timeout` (the page or its source
+    /// was lost), and starts the next ones; when none is left, reports `ready` for
+    /// the pending version. A partition with no reachable source waits without
+    /// taking a slot.
     fn continue_pulls(&mut self) {
         let Some(pv) = self.membership.pending().map(Ring::version) else {
             return;
@@ -941,20 +953,51 @@ impl<S: Storage> Node<S> {
         let Some(active) = self.membership.ring().cloned() else {
             return;
         };
-        let requests: Vec<(Partition, Option<Bytes>)> =
-            self.pulls.iter().map(|(p, a)| (*p, a.clone())).collect();
-        for (p, after) in requests {
-            let sources = self.reachable_replicas(&active, p);
-            if let Some(src) = self.random_of(&sources) {
-                self.send(
-                    src,
-                    Message::gossip(Msg::Pull {
-                        partition: p,
-                        after,
-                    }),
-                );
+        let limit = self.config.pull_concurrency.max(1);
+        let timeout = self.config.request_timeout;
+        let mut busy = 0;
+        let mut idle = Vec::new();
+        let mut stale = Vec::new();
+        for (&p, st) in &self.pulls {
+            match st.asked {
+                Some((_, at)) if self.now.since(at) < timeout => busy += 1,
+                Some(_) => stale.push(p),
+                None => idle.push(p),
             }
         }
+        for p in stale.into_iter().chain(idle) {
+            if busy >= limit {
+                break;
+            }
+            if self.ask_pull(&active, p) {
+                busy += 1;
+            }
+        }
+    }
+
+    /// Asks a random reachable replica of `p` in `active` for the page after the
+    /// partition's cursor. False if no replica is reachable.
+    fn ask_pull(&mut self, active: &Ring, p: Partition) -> bool {
+        let sources = self.reachable_replicas(active, p);
+        let Some(src) = self.random_of(&sources) else {
+            if let Some(st) = self.pulls.get_mut(&p) {
+                st.asked = None;
+            }
+            return false;
+        };
+        let Some(st) = self.pulls.get_mut(&p) else {
+            return false;
+        };
+        st.asked = Some((src, self.now));
+        let after = st.after.clone();
+        self.send(
+            src,
+            Message::gossip(Msg::Pull {
+                partition: p,
+                after,
+            }),
+        );
+        true
     }
 
     fn serve_pull(&mut self, from: NodeId, p: Partition, after: Option<Bytes>) {
@@ -987,9 +1030,13 @@ impl<S: Storage> Node<S> {
     }
 
     fn absorb_pull(&mut self, from: NodeId, p: Partition, items: Vec<(Bytes, Object)>, done: bool) {
-        if !self.pulls.contains_key(&p) {
+        let Some(st) = self.pulls.get(&p) else {
             return;
-        }
+        };
+        // Only the answer to the request outstanding goes on with the pull: a late
+        // answer to one asked again after a timeout is merged (merging is
+        // idempotent), but does not start a second chain of requests.
+        let current = st.asked.is_some_and(|(src, _)| src == from);
         let last = items.last().map(|(k, _)| k.clone());
         if self.merge_own(&items).is_none() {
             return;
@@ -1000,10 +1047,17 @@ impl<S: Storage> Node<S> {
             keys: items.len(),
             done,
         });
+        if !current {
+            return;
+        }
         if done {
             self.pulls.remove(&p);
+            // A slot is free: the next partition starts (or `ready` is reported).
+            self.continue_pulls();
         } else if let Some(k) = last {
-            self.pulls.insert(p, Some(k.clone()));
+            let st = self.pulls.entry(p).or_default();
+            st.after = Some(k.clone());
+            st.asked = Some((from, self.now));
             self.send(
                 from,
                 Message::gossip(Msg::Pull {
@@ -1011,10 +1065,6 @@ impl<S: Storage> Node<S> {
                     after: Some(k),
                 }),
             );
-            return;
-        }
-        if self.pulls.is_empty() {
-            self.continue_pulls();
         }
     }
 

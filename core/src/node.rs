@@ -91,7 +91,7 @@ pub struct Node<S: Storage> {
     pub(crate) membership: crate::gossip::Membership,
     pub(crate) gossip_rounds: u64,
     /// Partitions being pulled for the pending ring, with the last key received.
-    pub(crate) pulls: BTreeMap<crate::ring::Partition, Option<bytes::Bytes>>,
+    pub(crate) pulls: BTreeMap<crate::ring::Partition, crate::gossip::PullState>,
     pub(crate) pull_version: u64,
     /// The newest pending ring seen (version, fingerprint). An active ring that was
     /// this node's pending ring first was prepared for: its gaining nodes pulled.

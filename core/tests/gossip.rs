@@ -560,3 +560,75 @@ fn joiner_dies_mid_pull(seed: u64) {
     .unwrap_or_else(|| panic!("seed {seed}: replicas converge"));
     assert_no_acked_write_lost(&mut w);
 }
+
+/// A joiner pulls at most `pull_concurrency` partitions at once: at no point of
+/// the trace has it received part of more partitions than that without finishing
+/// them (a started, unfinished partition holds a slot). With more than one slot the
+/// slots are actually used, and with one the partitions come strictly one after
+/// another. Every acknowledged write survives the join.
+#[test]
+fn a_joiner_pulls_at_most_pull_concurrency_partitions_at_once() {
+    for (seed, limit) in [(21, 1), (22, 3)] {
+        let mut cfg = SimConfig::new(seed, 5, 1);
+        cfg.config.pull_concurrency = limit;
+        cfg.config.hint_batch = 2; // pages of two keys: most pulls take several
+        let mut w = World::new(cfg).unwrap();
+        w.record_trace(true);
+        w.apply(Action::SetWorkload(Some(Workload {
+            interval: Dur::millis(5),
+            keys: 600,
+            ..Workload::default()
+        })));
+        w.run_for(Dur::secs(3));
+        w.apply(Action::SetWorkload(None));
+        w.run_for(Dur::secs(1));
+        w.apply(Action::AddNode { zone: "z1".into() });
+        let f = NodeId(5);
+        admin(&mut w, f, Admin::Join { contact: A });
+        let took = run_until(&mut w, Dur::secs(60), |w| {
+            ring_members(w, A).contains(&f) && converged(w)
+        });
+        assert!(took.is_some(), "seed {seed}: F becomes an owner");
+        let mut open = std::collections::BTreeSet::new();
+        let (mut most, mut pages, mut partitions) = (0, 0, 0);
+        for e in w.trace() {
+            if let Record::Event {
+                node,
+                event:
+                    Event::PartitionPulled {
+                        partition, done, ..
+                    },
+            } = &e.record
+            {
+                if *node != f {
+                    continue;
+                }
+                pages += 1;
+                open.insert(*partition);
+                most = most.max(open.len());
+                if *done {
+                    open.remove(partition);
+                    partitions += 1;
+                }
+            }
+        }
+        assert!(
+            pages > partitions,
+            "seed {seed}: some pulls took several pages ({pages} pages, {partitions} partitions)"
+        );
+        assert!(
+            most <= limit,
+            "seed {seed}: {most} partitions were being pulled at once, limit {limit}"
+        );
+        assert_eq!(
+            most, limit,
+            "seed {seed}: the {limit} slots were used ({pages} pages, {partitions} partitions)"
+        );
+        run_until(&mut w, Dur::secs(60), |w| {
+            w.divergent_partitions().is_empty()
+        })
+        .unwrap_or_else(|| panic!("seed {seed}: replicas converge"));
+        assert_no_acked_write_lost(&mut w);
+        println!("pull_concurrency {limit} (seed {seed}): {partitions} partitions in {pages} pages, at most {most} at once, join took {took:?}");
+    }
+}

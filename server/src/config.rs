@@ -109,6 +109,17 @@ pub struct ServeArgs {
     /// R=2, but a slow replica delays the read) [default: all].
     #[arg(long, value_enum)]
     pub read_fanout: Option<Fanout>,
+    /// Partitions this node pulls at once when it gains partitions (a join, or
+    /// another node leaving). Each pull is a chain of one-page requests its
+    /// sources serve between their client requests: fewer slots keep a large
+    /// transfer from crowding out foreground traffic, more finish it sooner
+    /// [default: 2].
+    #[arg(long)]
+    pub pull_concurrency: Option<usize>,
+    /// Keys per message of hint delivery, ownership handoff and partition pulls
+    /// (a pull's page) [default: 64].
+    #[arg(long)]
+    pub hint_batch: Option<usize>,
     /// Comma-separated origins (`http://host:port`, or `*`) whose pages may read
     /// this node's GET /events, /cluster, /health and /metrics from a browser — e.g.
     /// the explorer's Live tab served at http://127.0.0.1:8080. Writes and admin
@@ -158,6 +169,8 @@ struct FileConfig {
     threads: Option<usize>,
     sync_depth: Option<usize>,
     read_fanout: Option<Fanout>,
+    pull_concurrency: Option<usize>,
+    hint_batch: Option<usize>,
     allow_origin: Option<Seeds>,
 }
 
@@ -316,6 +329,11 @@ impl ServeArgs {
                 Some(Fanout::Quorum) => ringlab_core::ReadFanout::Quorum,
                 Some(Fanout::All) | None => ringlab_core::ReadFanout::All,
             },
+            pull_concurrency: self
+                .pull_concurrency
+                .or(file.pull_concurrency)
+                .unwrap_or(d.pull_concurrency),
+            hint_batch: self.hint_batch.or(file.hint_batch).unwrap_or(d.hint_batch),
             ..d
         };
         core.validate()
@@ -484,6 +502,29 @@ mod tests {
         assert_eq!(c.core.anti_entropy_interval, Dur::secs(10));
         assert_eq!(c.cluster_key_file, PathBuf::from("cluster.key"));
         assert_eq!(c.sync_depth, 2);
+        assert_eq!((c.core.pull_concurrency, c.core.hint_batch), (2, 64));
+    }
+
+    #[test]
+    fn pull_settings_reach_the_core_and_zero_is_refused() {
+        let c = ServeArgs {
+            pull_concurrency: Some(1),
+            hint_batch: Some(8),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((c.core.pull_concurrency, c.core.hint_batch), (1, 8));
+        for (pull, batch) in [(Some(0), None), (None, Some(0))] {
+            let e = ServeArgs {
+                pull_concurrency: pull,
+                hint_batch: batch,
+                ..args()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(format!("{e:#}").contains("must be positive"), "{e:#}");
+        }
     }
 
     #[test]
