@@ -116,8 +116,8 @@ pub struct ServeArgs {
     /// [default: 2].
     #[arg(long)]
     pub pull_concurrency: Option<usize>,
-    /// Keys per message of hint delivery, ownership handoff and partition pulls
-    /// (a pull's page) [default: 64].
+    /// Keys per message of the hints and handoff this node delivers, and per
+    /// page of the partition pulls it serves [default: 64].
     #[arg(long)]
     pub hint_batch: Option<usize>,
     /// Comma-separated origins (`http://host:port`, or `*`) whose pages may read

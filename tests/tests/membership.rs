@@ -2,8 +2,10 @@
 //! data and pulls the partitions it gains; later it is decommissioned with
 //! `POST /admin/leave` and its partitions stream back; a dead node is taken out with
 //! `POST /admin/remove/{id}` and its partitions are rebuilt from the other replicas.
-//! Each step is checked against every node's own disk: a read with R=1 through a
-//! replica is answered from its local copy.
+//! A joiner killed in the middle of its pulls leaves the plan waiting, and after a
+//! restart pulls again and completes the join. Each step is checked against every
+//! node's own disk: a read with R=1 through a replica is answered from its local
+//! copy.
 
 use ringlab_tests::{wait_for, wait_until, Cluster, ClusterOpts};
 use std::time::Duration;
@@ -213,5 +215,63 @@ fn a_dead_node_is_removed_and_its_partitions_are_rebuilt() {
     wait_ring_owners(&c, &[0, 1, 2], &["A", "B", "C"]);
     c.wait_status(1, "D", "removed", T);
     assert_all_present(&c, &[0, 1, 2], &keys);
+    c.assert_no_panics();
+}
+
+#[test]
+fn a_joiner_killed_mid_pull_pulls_again_after_a_restart_and_the_join_completes() {
+    // Sources serve pages of one key, and D pulls one partition at a time: its pull
+    // takes hundreds of round trips, long enough to be caught half-way.
+    let mut c = Cluster::new_stopped(4, opts().set("--hint-batch", 1));
+    c.nodes[3]
+        .extra_args
+        .extend(["--pull-concurrency".to_string(), "1".to_string()]);
+    c.start_node(0);
+    c.wait_healthy(0);
+    c.start_node(1);
+    c.start_node(2);
+    wait_for("A, B, C to form a ring", T, || c.formed(&[0, 1, 2]));
+    let first: Vec<String> = (0..1200).map(|i| format!("k-{i}")).collect();
+    write_all(&c, &first, &[0, 1, 2]);
+    let before = c.cluster(0).expect("/cluster of A")["ring_version"].clone();
+
+    // D joins; it is killed once it has pulled some pages but the plan still waits.
+    c.start_node(3);
+    let (planned, pages) = wait_until("D to be half-way through its pulls", T, || {
+        let pending = c.cluster(0)?["pending_ring_version"].as_u64()?;
+        let pages = c.metric(3, "ringlab_partitions_pulled_total")?;
+        (pages >= 20.0).then_some((pending, pages))
+    });
+    c.kill9(3);
+    std::thread::sleep(Duration::from_secs(3));
+    let a = c.cluster(0).expect("/cluster of A");
+    assert_eq!(
+        a["pending_ring_version"].as_u64(),
+        Some(planned),
+        "the plan waits for D, killed after {pages} pages (had the pull already finished?): {a}"
+    );
+    assert_eq!(a["ring_version"], before, "nothing was activated: {a}");
+    // The cluster goes on serving: writes with W=2 while D is down.
+    let during: Vec<String> = (0..50).map(|i| format!("while-d-down-{i}")).collect();
+    for (i, k) in during.iter().enumerate() {
+        let r = c
+            .put(i % 3, k, value(k).as_bytes(), None, Some(2))
+            .expect("put");
+        assert_eq!(r.status, 204, "put {k} with D down: {r:?}");
+    }
+
+    // Restarted, D pulls again (its pulls are not persisted: it starts over) and
+    // the join completes; it then holds every key it replicates.
+    c.restart(3);
+    c.wait_healthy(3);
+    wait_ring_owners(&c, &[0, 1, 2, 3], &["A", "B", "C", "D"]);
+    assert_all_present(&c, &[3], &first);
+    for k in &during {
+        let r = c.get(0, k, Some(2)).expect("get");
+        assert_eq!(r.values(), vec![value(k).into_bytes()], "{k}: {r:?}");
+    }
+    eprintln!(
+        "D was killed after {pages} pulled pages; after a restart it joined with all its keys"
+    );
     c.assert_no_panics();
 }
