@@ -5,7 +5,9 @@
 //! it that is at least as new as the hint's current copy, and the owner acks only
 //! after committing the merge — so handoff never reduces the number of durable
 //! copies. Hints older than the hint window are dropped (reported as
-//! `HintDropped`); repairing those owners is anti-entropy's job.
+//! `HintDropped`); repairing those owners is anti-entropy's job. Not those of an
+//! orphan copy (below): anti-entropy never sees it, so they wait for their owner,
+//! or move to the key's new primaries if the ring moved on.
 //!
 //! Ownership handoff reuses the same delivery. When a node adopts an active ring it
 //! did not prepare for — the other side of a logical partition (S7) won the merge,
@@ -24,7 +26,7 @@
 use crate::id::NodeId;
 use crate::message::{Event, Message};
 use crate::node::{Node, Timer};
-use crate::store::{Op, Storage};
+use crate::store::{Hint, Op, Storage};
 use crate::time::Time;
 use crate::version::{Object, VersionVector};
 use bytes::Bytes;
@@ -184,17 +186,7 @@ impl<S: Storage> Node<S> {
     /// only come back later (say, after its tombstone was purged elsewhere) when
     /// this node gains the partition again.
     fn own_copy_handed_off(&self, key: &[u8], owner: NodeId, ctx: &VersionVector) -> bool {
-        let me = self.id;
-        let replicates = |r: Option<&crate::ring::Ring>| {
-            r.is_some_and(|r| r.primaries(r.partition_of(key)).contains(&me))
-        };
-        if self.ring.is_none()
-            || replicates(self.ring.as_ref())
-            || replicates(self.membership.pending())
-        {
-            return false;
-        }
-        let Some(mine) = self.storage.object(key) else {
+        let Some(mine) = self.orphan_copy(key) else {
             return false;
         };
         ctx.descends(mine.context())
@@ -205,28 +197,69 @@ impl<S: Storage> Node<S> {
                 .all(|o| o == owner || self.storage.hint(o, key).is_none())
     }
 
+    /// This node's own copy of `key` if it is an orphan: the node replicates the
+    /// key in neither the active nor the pending ring, so hints are the copy's only
+    /// way to the key's owners.
+    fn orphan_copy(&self, key: &[u8]) -> Option<Object> {
+        let me = self.id;
+        let replicates = |r: Option<&crate::ring::Ring>| {
+            r.is_some_and(|r| r.primaries(r.partition_of(key)).contains(&me))
+        };
+        if self.ring.is_none()
+            || replicates(self.ring.as_ref())
+            || replicates(self.membership.pending())
+        {
+            return None;
+        }
+        self.storage.object(key)
+    }
+
+    /// Drops `owner`'s hints older than the hint window — except those of orphan
+    /// copies ([`Self::orphan_copy`]). Dropping one of those would strand the copy:
+    /// anti-entropy only compares co-replicas, so nothing else would ever move it,
+    /// and it is never deleted here either (that waits for every owner's ack). So
+    /// such a hint is kept while `owner` is still one of the key's primaries, and
+    /// otherwise (the ring moved on) is moved to the primaries that have none.
     fn expire_hints(&mut self, owner: NodeId) {
         let window = self.config.hint_window;
-        let expired: Vec<Bytes> = self
+        let expired: Vec<(Bytes, Hint)> = self
             .storage
             .hints_for(owner, usize::MAX)
             .into_iter()
             .filter(|(_, h)| self.now.since(h.stored_at) > window)
-            .map(|(k, _)| k)
             .collect();
         if expired.is_empty() {
             return;
         }
-        let ops = expired
-            .iter()
-            .map(|key| Op::DeleteHint {
+        let mut ops = Vec::new();
+        let mut dropped = Vec::new();
+        for (key, hint) in expired {
+            let primaries = self
+                .ring
+                .as_ref()
+                .map(|r| r.primaries(r.partition_of(&key)).to_vec())
+                .unwrap_or_default();
+            let reason = if self.orphan_copy(&key).is_some() {
+                if primaries.contains(&owner) {
+                    continue; // still the owner: the copy waits for it
+                }
+                for &p in &primaries {
+                    if p != self.id && self.storage.hint(p, &key).is_none() {
+                        ops.push(self.store_op(&key, hint.object.clone(), Some(p)));
+                    }
+                }
+                format!("{owner} no longer replicates it: moved to {primaries:?}")
+            } else {
+                format!("older than the hint window ({})", window)
+            };
+            ops.push(Op::DeleteHint {
                 owner,
                 key: key.clone(),
-            })
-            .collect();
-        if self.commit(ops) {
-            for key in expired {
-                let reason = format!("older than the hint window ({})", window);
+            });
+            dropped.push((key, reason));
+        }
+        if !ops.is_empty() && self.commit(ops) {
+            for (key, reason) in dropped {
                 self.event(Event::HintDropped { owner, key, reason });
             }
         }
@@ -516,6 +549,63 @@ mod tests {
         let mine = first_key(true);
         let ctx = ctx_of(&node, &mine);
         assert!(!node.own_copy_handed_off(mine.as_bytes(), NodeId(1), &ctx));
+    }
+
+    /// An orphan copy's hints outlive the hint window while their owner still
+    /// replicates the key (nothing else would move the copy), and move to the
+    /// key's primaries once it does not; a plain stand-in hint still expires.
+    #[test]
+    fn orphan_hints_outlive_the_window_and_follow_the_ring() {
+        let (before, after) = rings();
+        let cfg = Config::demo();
+        let window = cfg.hint_window;
+        let mut node = Node::new(A, cfg, Some(before), store_300(), 1, Time(0));
+        node.handle_input(Time(1), Input::Admin(Admin::SetRing(after.clone())));
+        while node.ownership_handoff_in_progress() {
+            node.ownership_handoff_step();
+        }
+        // A stand-in hint for a key A holds no copy of.
+        let plain = Bytes::from_static(b"not-an-own-copy");
+        let op = node.store_op(&plain, Object::new(), Some(NodeId(4)));
+        assert!(node.commit(vec![op]));
+        let hints = node.storage().hint_count();
+        assert!(hints > 1);
+
+        // Past the window, with every owner still unreachable.
+        node.now = Time(0) + window + crate::time::Dur::secs(1);
+        node.hint_replay_tick();
+        let s = node.storage();
+        assert!(
+            s.hint(NodeId(4), &plain).is_none(),
+            "the stand-in hint expired"
+        );
+        assert_eq!(s.hint_count(), hints - 1, "every orphan hint was kept");
+
+        // The ring moves on without F (NodeId 5): its hints go to the keys' new
+        // primaries; the others stay.
+        let f = NodeId(5);
+        let later = after.with_removed(f).unwrap();
+        node.ring = Some(later.clone());
+        let moved: Vec<Bytes> = node
+            .storage()
+            .hints_for(f, usize::MAX)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(!moved.is_empty());
+        node.hint_replay_tick();
+        let s = node.storage();
+        assert!(s.hints_for(f, usize::MAX).is_empty(), "F's hints moved");
+        for key in &moved {
+            let owners = later.primaries(later.partition_of(key));
+            if owners.contains(&A) {
+                continue; // A replicates it now: no hint needed
+            }
+            for &o in owners {
+                assert!(s.hint(o, key).is_some(), "{key:?}: hint for {o}");
+            }
+            assert!(s.object(key).is_some(), "the own copy stays until acked");
+        }
     }
 
     /// A ring this node knew as pending (it pulled for it) starts no scan.

@@ -6,7 +6,7 @@
 
 use ringlab_core::gossip::Status;
 use ringlab_core::sim::{Action, Record, SimConfig, Workload, World};
-use ringlab_core::{Admin, ClientOp, ClientReply, Dur, Event, NodeId, Ring, Time};
+use ringlab_core::{Admin, ClientOp, ClientReply, Dur, Event, NodeId, Ring, Storage, Time};
 
 const A: NodeId = NodeId(0);
 const B: NodeId = NodeId(1);
@@ -631,4 +631,146 @@ fn a_joiner_pulls_at_most_pull_concurrency_partitions_at_once() {
         assert_no_acked_write_lost(&mut w);
         println!("pull_concurrency {limit} (seed {seed}): {partitions} partitions in {pages} pages, at most {most} at once, join took {took:?}");
     }
+}
+
+/// S7 with data, and one owner of handed-off keys down for longer than the hint
+/// window while the merge's ownership handoff runs. The orphan copies' hints for it
+/// must outlive the window (nothing else would ever move those copies, and the
+/// handing nodes keep them until every owner has acked), so once it is back the
+/// handoff completes: no node keeps an own copy of a key it does not replicate, no
+/// hint is left, and every acknowledged write reads back with R=3.
+#[test]
+fn s7_orphan_hints_wait_for_an_owner_down_past_the_hint_window() {
+    for seed in 1..=(seeds() / 50).max(2) {
+        orphan_hints_outlive_the_window(seed);
+    }
+}
+
+fn orphan_hints_outlive_the_window(seed: u64) {
+    const F: NodeId = NodeId(5);
+    let all = vec![A, B, C, D, E, F];
+    let mut cfg = SimConfig::new(seed, 6, 1);
+    cfg.bootstrap = false;
+    cfg.config.seeds = vec![A];
+    cfg.config.hint_window = Dur::secs(20);
+    let window = cfg.config.hint_window;
+    let mut w = World::new(cfg).unwrap();
+    w.record_trace(true);
+    w.apply(Action::Partition(vec![vec![A, B, C], vec![D, E, F]]));
+    for first in [A, D] {
+        let ring = Ring::new(16, 3, &[(first, "z1".to_owned())]).unwrap();
+        admin(&mut w, first, Admin::SetRing(ring));
+    }
+    for (n, contact) in [(B, A), (C, A), (E, D), (F, D)] {
+        admin(&mut w, n, Admin::Join { contact });
+    }
+    let formed = run_until(&mut w, Dur::secs(30), |w| {
+        [A, B, C]
+            .iter()
+            .all(|&n| ring_members(w, n) == vec![A, B, C])
+            && [D, E, F]
+                .iter()
+                .all(|&n| ring_members(w, n) == vec![D, E, F])
+    });
+    assert!(formed.is_some(), "seed {seed}: the two rings did not form");
+    let mut acked = Vec::new();
+    for i in 0..200u32 {
+        let (at, side) = if i % 2 == 0 { (A, "abc") } else { (D, "def") };
+        let key = bytes::Bytes::from(format!("{side}-{i}"));
+        let r = w.submit(
+            at,
+            ClientOp::Put {
+                key: key.clone(),
+                value: bytes::Bytes::from(format!("v{i}")),
+                context: None,
+                w: Some(2),
+            },
+        );
+        match w.run_until_done(r, Dur::secs(5)) {
+            Some(Ok(ClientReply::Written { dot, .. })) => acked.push((key, dot)),
+            other => panic!("seed {seed}: write {i} at {at} was not acknowledged: {other:?}"),
+        }
+    }
+    w.apply(Action::Heal);
+    // The first owner some node holds hints for goes down at once.
+    let mut down = None;
+    let start = w.now();
+    while down.is_none() {
+        assert!(
+            w.now().since(start) < Dur::secs(120),
+            "seed {seed}: no ownership handoff started after the merge"
+        );
+        w.run_for(Dur::millis(10));
+        // Each side wrote within its own ring of three (no stand-ins), so after the
+        // heal every hint is an orphan copy's.
+        down = all.iter().find_map(|&n| {
+            let node = w.node(n)?;
+            node.storage().hint_owners().into_iter().find(|&o| o != n)
+        });
+    }
+    let down = down.unwrap();
+    w.apply(Action::Crash(down));
+    w.run_for(window + Dur::secs(15));
+    w.apply(Action::Restart(down));
+    let done = run_until(&mut w, Dur::secs(120), |w| {
+        all.iter().all(|&n| ring_members(w, n) == all)
+            && converged(w)
+            && all.iter().all(|&n| {
+                let node = w.node(n).unwrap();
+                !node.ownership_handoff_in_progress() && node.storage().hint_count() == 0
+            })
+    });
+    assert!(
+        done.is_some(),
+        "seed {seed}: handoff did not complete; hints {:?}",
+        all.iter()
+            .map(|&n| w.node(n).unwrap().storage().hint_count())
+            .collect::<Vec<_>>()
+    );
+    w.run_for(Dur::secs(30));
+    // Nodes that handed own copies off keep none of them: every own copy left
+    // there is of a key they replicate in the final ring.
+    let handing: std::collections::BTreeSet<NodeId> = w
+        .trace()
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Event {
+                node,
+                event: Event::OwnershipHandoff { keys, .. },
+            } if *keys > 0 => Some(*node),
+            _ => None,
+        })
+        .collect();
+    assert!(!handing.is_empty(), "seed {seed}: nothing was handed off");
+    for &n in &handing {
+        let node = w.node(n).unwrap();
+        let ring = node.ring().unwrap();
+        let stale: Vec<&bytes::Bytes> = node
+            .storage()
+            .objects()
+            .keys()
+            .filter(|k| !ring.primaries(ring.partition_of(k)).contains(&n))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "seed {seed}: with {down} down past the hint window, {n} still holds {} own copies it does not replicate: {stale:?}",
+            stale.len()
+        );
+    }
+    for (key, dot) in &acked {
+        let r = w.submit(
+            B,
+            ClientOp::Get {
+                key: key.clone(),
+                r: Some(3),
+            },
+        );
+        match w.run_until_done(r, Dur::secs(5)) {
+            Some(Ok(ClientReply::Read { context, .. })) if context.covers(dot) => {}
+            other => panic!("seed {seed}: {key:?} lost or unreadable: {other:?}"),
+        }
+    }
+    println!(
+        "S7, {down} down past the hint window (seed {seed}): handoff completed after its restart"
+    );
 }
