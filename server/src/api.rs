@@ -315,24 +315,37 @@ fn parse_kinds(uri: &Uri) -> Result<Option<Vec<String>>, ApiError> {
     Ok((!kinds.is_empty()).then_some(kinds))
 }
 
-/// The `peers=` switch of `/events`: `1`/`true` adds the peer-message lines.
-fn parse_peers(uri: &Uri) -> Result<bool, ApiError> {
+/// What `/events` streams, from its `peers=` parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerLines {
+    /// Core events only (no `peers=`, `0`, `false`).
+    Off,
+    /// Core events and peer lines (`1`, `true`).
+    With,
+    /// Peer lines only (`only`): a page drawing every member's traffic attaches
+    /// to each of them without taking their events too.
+    Only,
+}
+
+fn parse_peers(uri: &Uri) -> Result<PeerLines, ApiError> {
     match query_values(uri, "peers").last() {
-        None | Some("0" | "false") => Ok(false),
-        Some("1" | "true" | "") => Ok(true),
+        None | Some("0" | "false") => Ok(PeerLines::Off),
+        Some("1" | "true" | "") => Ok(PeerLines::With),
+        Some("only") => Ok(PeerLines::Only),
         Some(bad) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_param",
-            format!("peers={bad:?}: expected 1 or 0"),
+            format!("peers={bad:?}: expected 1, 0 or only"),
         )),
     }
 }
 
-/// `GET /events[?kinds=hint,handoff,…][&peers=1]`: this node's core events as
+/// `GET /events[?kinds=hint,handoff,…][&peers=1|only]`: this node's core events as
 /// server-sent events, from the moment of the request, each `data:` line the JSON
 /// of one [`crate::driver::EventLine`]. With `peers=1` the stream also carries
 /// `event: peer` messages, one per peer message this node sends or receives
-/// (sampled, see [`crate::peer_stream`]); `kinds=` filters core events only. A
+/// (sampled, see [`crate::peer_stream`]), and with `peers=only` nothing else;
+/// `kinds=` filters core events only. A
 /// subscriber that falls more than [`crate::driver::EVENT_BUFFER`] events behind
 /// gets an `event: lagged` message with the number skipped and continues with the
 /// newest; the node never waits.
@@ -340,8 +353,9 @@ async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, Ap
     use axum::response::sse::{Event as Sse, KeepAlive};
     use tokio::sync::broadcast::error::RecvError;
     let kinds = parse_kinds(&uri)?;
-    let peers = parse_peers(&uri)?.then(|| s.handle.subscribe_peers());
-    let rx = s.handle.subscribe();
+    let lines = parse_peers(&uri)?;
+    let peers = (lines != PeerLines::Off).then(|| s.handle.subscribe_peers());
+    let rx = (lines != PeerLines::Only).then(|| s.handle.subscribe());
     let stream = futures_util::stream::unfold(
         (rx, peers, kinds),
         |(mut rx, mut peers, kinds)| async move {
@@ -352,8 +366,14 @@ async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, Ap
                         None => std::future::pending().await,
                     }
                 };
+                let core_line = async {
+                    match rx.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let item = tokio::select! {
-                    line = rx.recv() => match line {
+                    line = core_line => match line {
                         Ok(line) => {
                             if kinds
                                 .as_ref()
@@ -770,11 +790,12 @@ mod tests {
     fn events_peers_switch_parses_and_rejects_garbage() {
         let p = |q: &str| parse_peers(&format!("/events{q}").parse::<Uri>().unwrap());
         for off in ["", "?peers=0", "?peers=false", "?kinds=hint"] {
-            assert!(!p(off).unwrap(), "{off}");
+            assert_eq!(p(off).unwrap(), PeerLines::Off, "{off}");
         }
         for on in ["?peers=1", "?peers=true", "?peers", "?kinds=hint&peers=1"] {
-            assert!(p(on).unwrap(), "{on}");
+            assert_eq!(p(on).unwrap(), PeerLines::With, "{on}");
         }
+        assert_eq!(p("?peers=only").unwrap(), PeerLines::Only);
         for bad in ["?peers=yes", "?peers=2", "?peers=%31"] {
             assert_eq!(p(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
         }

@@ -83,16 +83,18 @@ fn events_stream_core_events_filtered_by_kind() {
 
 /// `peers=1` adds one `event: peer` line per message the node sends or receives:
 /// a W=3 write coordinated by A shows on B as a replica write in from A and its
-/// ack out to A. Without it, no peer line is sent.
+/// ack out to A. Without it, no peer line is sent; with `peers=only`, nothing else.
 #[test]
 fn events_stream_peer_messages_on_request() {
     let c = Cluster::start(3, ClusterOpts::fast());
     let b = 1;
     let with = stream(c.nodes[b].http, "/events?kinds=stored&peers=1");
     let without = stream(c.nodes[b].http, "/events?kinds=stored");
+    let only = stream(c.nodes[b].http, "/events?peers=only");
     wait_for("the streams to open", Duration::from_secs(10), || {
-        with.lock().unwrap().contains("text/event-stream")
-            && without.lock().unwrap().contains("text/event-stream")
+        [&with, &without, &only]
+            .iter()
+            .all(|s| s.lock().unwrap().contains("text/event-stream"))
     });
     let r = c.put(0, "peer-key", b"v", None, Some(3)).expect("put");
     assert_eq!(r.status, 204, "{r:?}");
@@ -114,18 +116,20 @@ fn events_stream_peer_messages_on_request() {
         }
         out
     };
-    let has = |lines: &[serde_json::Value], dir: &str, kind: &str| {
-        lines
-            .iter()
-            .any(|l| l["dir"] == dir && l["peer"] == a.as_str() && l["kind"] == kind)
+    // The replica write in from A and its ack out to A, among `text`'s peer lines.
+    let write_and_ack = |text: &str| {
+        let lines = peer_lines(text);
+        let has = |dir: &str, kind: &str| {
+            lines
+                .iter()
+                .any(|l| l["dir"] == dir && l["peer"] == a.as_str() && l["kind"] == kind)
+        };
+        has("in", "ReplicaWrite") && has("out", "ReplicaAck")
     };
     wait_for(
         "B to stream the replica write from A and its ack",
         Duration::from_secs(10),
-        || {
-            let lines = peer_lines(&with.lock().unwrap());
-            has(&lines, "in", "ReplicaWrite") && has(&lines, "out", "ReplicaAck")
-        },
+        || write_and_ack(&with.lock().unwrap()),
     );
     for l in peer_lines(&with.lock().unwrap()) {
         assert_eq!(l["node"], c.nodes[b].id, "{l}");
@@ -145,6 +149,15 @@ fn events_stream_peer_messages_on_request() {
         "{}",
         without.lock().unwrap()
     );
+    // peers=only: the same peer lines, and no core event at all.
+    wait_for(
+        "the peers-only stream's lines",
+        Duration::from_secs(10),
+        || write_and_ack(&only.lock().unwrap()),
+    );
+    let text = only.lock().unwrap().clone();
+    let data = text.lines().filter(|l| l.starts_with("data: ")).count();
+    assert_eq!(data, peer_lines(&text).len(), "only peer lines: {text}");
     let r = c
         .http
         .get(&format!("{}/events?peers=yes", c.url(b)))

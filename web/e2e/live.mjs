@@ -4,7 +4,8 @@
 // lists the node with its hint count; its ring is drawn and a typed key shows its
 // replicas; a write made with plain HTTP shows up in the live log in the explorer's
 // wording; a second node joins and the messages between the two are drawn as dots
-// flying between them (GET /events?peers=1), counted by kind; killing the node is
+// flying between them (GET /events?peers=1 on A, ?peers=only on B: each message
+// once, from its sender), counted by kind; killing the node is
 // shown as "retrying", and restarting it reattaches on its own; Disconnect closes
 // the stream.
 import fs from "node:fs";
@@ -101,6 +102,8 @@ try {
   startB();
   await page.waitForSelector('[data-testid="live-member-B"]', { timeout: 30000 });
   check(true, "a second node joins and shows in the membership view");
+  await page.waitForSelector('[data-testid="live-peers"][data-streams="2"]', { state: "attached", timeout: 20000 });
+  check(true, "the tab also reads B's own sends (GET /events?peers=only on B)");
   await page.waitForSelector('[data-testid="live-flight"][data-from="B"][data-to="A"]', { state: "attached", timeout: 20000 });
   await page.waitForSelector('[data-testid="live-flight"][data-from="A"][data-to="B"]', { state: "attached", timeout: 20000 });
   const kinds = await page.$$eval('[data-testid="live-flight"]', (els) => [...new Set(els.map((e) => e.dataset.kind))]);

@@ -257,8 +257,10 @@ pub enum Msg {
     Opened,
     /// One `data:` payload.
     Data(String),
-    /// One `event: peer` payload.
+    /// One `event: peer` payload of the attached node's stream.
     Peer(String),
+    /// One `event: peer` payload of another member's peers-only stream.
+    MemberPeer(String, String),
     /// The node skipped this many events for us (`event: lagged`).
     Lagged(String),
     /// The stream failed.
@@ -290,6 +292,19 @@ impl Drop for Stream {
     }
 }
 
+/// Another member's `GET /events?peers=only` (closed on drop): its own sends, so
+/// the ring shows the whole cluster's traffic, each message once.
+struct MemberStream {
+    source: web_sys::EventSource,
+    _on_peer: Closure<dyn FnMut(web_sys::MessageEvent)>,
+}
+
+impl Drop for MemberStream {
+    fn drop(&mut self) {
+        self.source.close();
+    }
+}
+
 /// The Live tab's component.
 pub struct LiveView {
     input: String,
@@ -310,6 +325,8 @@ pub struct LiveView {
     /// Peer messages reported, by kind, and those the node left out (rate cap).
     peer_counts: BTreeMap<ringlab_core::MessageKind, u64>,
     peer_skipped: u64,
+    /// Other members' peer streams, by id.
+    members: BTreeMap<String, MemberStream>,
 }
 
 /// The `?live=` query parameter of the page, if any.
@@ -354,6 +371,7 @@ impl Component for LiveView {
             next_flight: 0,
             peer_counts: BTreeMap::new(),
             peer_skipped: 0,
+            members: BTreeMap::new(),
         }
     }
 
@@ -362,6 +380,7 @@ impl Component for LiveView {
             Msg::Url(u) => self.input = u,
             Msg::Connect => {
                 self.stream = None;
+                self.members.clear();
                 match base_url(&self.input).and_then(|b| open(ctx, &b).map(|s| (b, s))) {
                     Ok((base, stream)) => {
                         self.stream = Some(stream);
@@ -377,6 +396,7 @@ impl Component for LiveView {
             }
             Msg::Disconnect => {
                 self.stream = None;
+                self.members.clear();
                 self.state = State::Idle;
             }
             Msg::Opened => self.state = State::Open,
@@ -413,24 +433,22 @@ impl Component for LiveView {
                 Err(e) => self.undecodable = Some(e),
             },
             Msg::Peer(d) => match parse_peer(&d) {
-                Ok(p) => {
-                    *self.peer_counts.entry(p.kind).or_default() += 1;
-                    self.peer_skipped += p.skipped;
-                    let (from, to) = p.ends();
-                    self.flights.push_back(Flight {
-                        id: self.next_flight,
-                        from: from.to_owned(),
-                        to: to.to_owned(),
-                        kind: p.kind,
-                        born_ms: js_sys::Date::now(),
-                    });
-                    self.next_flight += 1;
-                    self.prune_flights();
-                }
+                // A message in from a member whose own stream is open is drawn
+                // from that stream, as its send.
+                Ok(p) if p.dir == "in" && self.members.contains_key(&p.peer) => return false,
+                Ok(p) => self.add_flight(p),
+                Err(e) => self.undecodable = Some(e),
+            },
+            Msg::MemberPeer(id, d) => match parse_peer(&d) {
+                Ok(p) if p.dir == "out" && p.node == id => self.add_flight(p),
+                Ok(_) => return false,
                 Err(e) => self.undecodable = Some(e),
             },
             Msg::Lagged(n) => self.skipped += n.trim().parse::<u64>().unwrap_or(0),
             Msg::Cluster(c) => {
+                if let (Ok(view), Some(_)) = (&c, &self.stream) {
+                    self.sync_member_streams(ctx, view);
+                }
                 if let (Ok(view), Some(base)) = (&c, &self.base) {
                     for m in &view.nodes {
                         if matches!(m.status.as_str(), "left" | "removed") || m.http_addr.is_empty()
@@ -515,7 +533,8 @@ impl Component for LiveView {
                 if let Some(e) = &self.undecodable { <div class="small muted">{ e }</div> }
                 { self.cluster_view(ctx) }
                 if !self.peer_counts.is_empty() {
-                    <div class="small" data-testid="live-peers" title="messages this node sent or received, by kind (a sample under load: the node reports at most 200 a second)">
+                    <div class="small" data-testid="live-peers" data-streams={(self.members.len() + 1).to_string()}
+                        title="messages between the members, by kind: the attached node's, and every other member's sends where it allows this page (a sample under load: a node reports at most 200 a second)">
                         { format!("peer messages: {}", self.peer_counts.values().sum::<u64>()) }
                         if self.peer_skipped > 0 { { format!(" (+{} not reported)", self.peer_skipped) } }
                         { for self.peer_counts.iter().map(|(k, n)| html!{
@@ -539,6 +558,47 @@ impl Component for LiveView {
 }
 
 impl LiveView {
+    /// Counts a peer message and starts its dot.
+    fn add_flight(&mut self, p: PeerLine) {
+        *self.peer_counts.entry(p.kind).or_default() += 1;
+        self.peer_skipped += p.skipped;
+        let (from, to) = p.ends();
+        self.flights.push_back(Flight {
+            id: self.next_flight,
+            from: from.to_owned(),
+            to: to.to_owned(),
+            kind: p.kind,
+            born_ms: js_sys::Date::now(),
+        });
+        self.next_flight += 1;
+        self.prune_flights();
+    }
+
+    /// Opens a peers-only stream to every other live member of `view` with an
+    /// HTTP address, and closes those of members that left it.
+    fn sync_member_streams(&mut self, ctx: &Context<Self>, view: &ClusterView) {
+        let live: BTreeMap<&str, &str> = view
+            .nodes
+            .iter()
+            .filter(|m| {
+                m.id != view.node
+                    && !m.http_addr.is_empty()
+                    && !matches!(m.status.as_str(), "left" | "removed")
+            })
+            .map(|m| (m.id.as_str(), m.http_addr.as_str()))
+            .collect();
+        self.members.retain(|id, _| live.contains_key(id.as_str()));
+        for (id, addr) in live {
+            if self.members.contains_key(id) {
+                continue;
+            }
+            let url = format!("http://{addr}/events?peers=only");
+            if let Ok(m) = open_member(ctx, id.to_owned(), &url) {
+                self.members.insert(id.to_owned(), m);
+            }
+        }
+    }
+
     /// Drops dots that have landed, and the oldest beyond [`MAX_FLIGHTS`].
     fn prune_flights(&mut self) {
         let now = js_sys::Date::now();
@@ -743,6 +803,26 @@ fn open(ctx: &Context<LiveView>, base: &str) -> Result<Stream, String> {
         _refresh: gloo_timers::callback::Interval::new(2_000, move || {
             link.send_message(Msg::Refresh)
         }),
+    })
+}
+
+/// Opens another member's peers-only stream at `url`.
+fn open_member(ctx: &Context<LiveView>, id: String, url: &str) -> Result<MemberStream, String> {
+    let source = web_sys::EventSource::new(url).map_err(|e| format!("cannot open {url}: {e:?}"))?;
+    let link = ctx.link().clone();
+    let on_peer =
+        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
+            link.send_message(Msg::MemberPeer(
+                id.clone(),
+                e.data().as_string().unwrap_or_default(),
+            ));
+        });
+    source
+        .add_event_listener_with_callback("peer", on_peer.as_ref().unchecked_ref())
+        .map_err(|e| format!("cannot listen for peer messages: {e:?}"))?;
+    Ok(MemberStream {
+        source,
+        _on_peer: on_peer,
     })
 }
 
