@@ -13,6 +13,7 @@ const B: NodeId = NodeId(1);
 const C: NodeId = NodeId(2);
 const D: NodeId = NodeId(3);
 const E: NodeId = NodeId(4);
+const F: NodeId = NodeId(5);
 
 fn admin(w: &mut World, node: NodeId, admin: Admin) {
     w.apply(Action::Admin { node, admin });
@@ -165,10 +166,19 @@ fn s7_writes_on_both_rings_survive_the_merge() {
     }
 }
 
-fn s7_with_data(seed: u64) {
-    const F: NodeId = NodeId(5);
-    let all = vec![A, B, C, D, E, F];
-    let mut w = fresh_world(seed, 6, &[A]);
+/// The setup of S7 with data: six nodes (A the only seed) cut into A, B, C and
+/// D, E, F, each side forming its own ring of three and taking 100 writes with
+/// W=2. Returns the world (trace on, still partitioned) and the acknowledged
+/// writes with their dots. `configure` adjusts the nodes' config first.
+fn split_rings_with_writes(
+    seed: u64,
+    configure: impl FnOnce(&mut ringlab_core::Config),
+) -> (World, Vec<(bytes::Bytes, ringlab_core::Dot)>) {
+    let mut cfg = SimConfig::new(seed, 6, 1);
+    cfg.bootstrap = false;
+    cfg.config.seeds = vec![A];
+    configure(&mut cfg.config);
+    let mut w = World::new(cfg).unwrap();
     w.record_trace(true);
     w.apply(Action::Partition(vec![vec![A, B, C], vec![D, E, F]]));
     for first in [A, D] {
@@ -206,6 +216,63 @@ fn s7_with_data(seed: u64) {
             other => panic!("seed {seed}: write {i} at {at} was not acknowledged: {other:?}"),
         }
     }
+    (w, acked)
+}
+
+/// Nodes that handed own copies of keys off (an `OwnershipHandoff` with keys).
+fn handing_nodes(w: &World) -> std::collections::BTreeSet<NodeId> {
+    w.trace()
+        .iter()
+        .filter_map(|e| match &e.record {
+            Record::Event {
+                node,
+                event: Event::OwnershipHandoff { keys, .. },
+            } if *keys > 0 => Some(*node),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Own copies `n` holds of keys it does not replicate in its ring.
+fn stale_own_copies(w: &World, n: NodeId) -> Vec<bytes::Bytes> {
+    let node = w.node(n).unwrap();
+    let ring = node.ring().unwrap();
+    node.storage()
+        .objects()
+        .keys()
+        .filter(|k| !ring.primaries(ring.partition_of(k)).contains(&n))
+        .cloned()
+        .collect()
+}
+
+/// Reads every acknowledged write through B with R=3: the keys whose read does
+/// not cover the write's dot (a failed read fails the test).
+fn lost_writes(
+    w: &mut World,
+    acked: &[(bytes::Bytes, ringlab_core::Dot)],
+    seed: u64,
+) -> Vec<bytes::Bytes> {
+    let mut lost = Vec::new();
+    for (key, dot) in acked {
+        let r = w.submit(
+            B,
+            ClientOp::Get {
+                key: key.clone(),
+                r: Some(3),
+            },
+        );
+        match w.run_until_done(r, Dur::secs(5)) {
+            Some(Ok(ClientReply::Read { context, .. })) if context.covers(dot) => {}
+            Some(Ok(ClientReply::Read { .. })) => lost.push(key.clone()),
+            other => panic!("seed {seed}: read of {key:?} failed: {other:?}"),
+        }
+    }
+    lost
+}
+
+fn s7_with_data(seed: u64) {
+    let all = vec![A, B, C, D, E, F];
+    let (mut w, acked) = split_rings_with_writes(seed, |_| {});
     w.apply(Action::Heal);
     let merged = run_until(&mut w, Dur::secs(120), |w| {
         all.iter().all(|&n| ring_members(w, n) == all)
@@ -236,21 +303,7 @@ fn s7_with_data(seed: u64) {
         .sum();
     // Let anti-entropy settle the final ring, then read everything with R=3.
     w.run_for(Dur::secs(30));
-    let mut lost = Vec::new();
-    for (key, dot) in &acked {
-        let r = w.submit(
-            B,
-            ClientOp::Get {
-                key: key.clone(),
-                r: Some(3),
-            },
-        );
-        match w.run_until_done(r, Dur::secs(5)) {
-            Some(Ok(ClientReply::Read { context, .. })) if context.covers(dot) => {}
-            Some(Ok(ClientReply::Read { .. })) => lost.push(key.clone()),
-            other => panic!("seed {seed}: read of {key:?} failed: {other:?}"),
-        }
-    }
+    let lost = lost_writes(&mut w, &acked, seed);
     assert!(
         lost.is_empty(),
         "seed {seed}: {} of {} acknowledged writes lost in the merge: {lost:?}",
@@ -263,26 +316,9 @@ fn s7_with_data(seed: u64) {
     );
     // Nodes that handed keys off no longer hold their own copies of them: every own
     // copy left there is of a key they replicate in the final ring.
-    let handing: std::collections::BTreeSet<NodeId> = w
-        .trace()
-        .iter()
-        .filter_map(|e| match &e.record {
-            Record::Event {
-                node,
-                event: Event::OwnershipHandoff { keys, .. },
-            } if *keys > 0 => Some(*node),
-            _ => None,
-        })
-        .collect();
+    let handing = handing_nodes(&w);
     for &n in &handing {
-        let node = w.node(n).unwrap();
-        let ring = node.ring().unwrap();
-        let stale: Vec<&bytes::Bytes> = node
-            .storage()
-            .objects()
-            .keys()
-            .filter(|k| !ring.primaries(ring.partition_of(k)).contains(&n))
-            .collect();
+        let stale = stale_own_copies(&w, n);
         assert!(
             stale.is_empty(),
             "seed {seed}: {n} still holds {} own copies it handed off: {stale:?}",
@@ -647,50 +683,9 @@ fn s7_orphan_hints_wait_for_an_owner_down_past_the_hint_window() {
 }
 
 fn orphan_hints_outlive_the_window(seed: u64) {
-    const F: NodeId = NodeId(5);
     let all = vec![A, B, C, D, E, F];
-    let mut cfg = SimConfig::new(seed, 6, 1);
-    cfg.bootstrap = false;
-    cfg.config.seeds = vec![A];
-    cfg.config.hint_window = Dur::secs(20);
-    let window = cfg.config.hint_window;
-    let mut w = World::new(cfg).unwrap();
-    w.record_trace(true);
-    w.apply(Action::Partition(vec![vec![A, B, C], vec![D, E, F]]));
-    for first in [A, D] {
-        let ring = Ring::new(16, 3, &[(first, "z1".to_owned())]).unwrap();
-        admin(&mut w, first, Admin::SetRing(ring));
-    }
-    for (n, contact) in [(B, A), (C, A), (E, D), (F, D)] {
-        admin(&mut w, n, Admin::Join { contact });
-    }
-    let formed = run_until(&mut w, Dur::secs(30), |w| {
-        [A, B, C]
-            .iter()
-            .all(|&n| ring_members(w, n) == vec![A, B, C])
-            && [D, E, F]
-                .iter()
-                .all(|&n| ring_members(w, n) == vec![D, E, F])
-    });
-    assert!(formed.is_some(), "seed {seed}: the two rings did not form");
-    let mut acked = Vec::new();
-    for i in 0..200u32 {
-        let (at, side) = if i % 2 == 0 { (A, "abc") } else { (D, "def") };
-        let key = bytes::Bytes::from(format!("{side}-{i}"));
-        let r = w.submit(
-            at,
-            ClientOp::Put {
-                key: key.clone(),
-                value: bytes::Bytes::from(format!("v{i}")),
-                context: None,
-                w: Some(2),
-            },
-        );
-        match w.run_until_done(r, Dur::secs(5)) {
-            Some(Ok(ClientReply::Written { dot, .. })) => acked.push((key, dot)),
-            other => panic!("seed {seed}: write {i} at {at} was not acknowledged: {other:?}"),
-        }
-    }
+    let window = Dur::secs(20);
+    let (mut w, acked) = split_rings_with_writes(seed, |c| c.hint_window = window);
     w.apply(Action::Heal);
     // The first owner some node holds hints for goes down at once.
     let mut down = None;
@@ -730,46 +725,18 @@ fn orphan_hints_outlive_the_window(seed: u64) {
     w.run_for(Dur::secs(30));
     // Nodes that handed own copies off keep none of them: every own copy left
     // there is of a key they replicate in the final ring.
-    let handing: std::collections::BTreeSet<NodeId> = w
-        .trace()
-        .iter()
-        .filter_map(|e| match &e.record {
-            Record::Event {
-                node,
-                event: Event::OwnershipHandoff { keys, .. },
-            } if *keys > 0 => Some(*node),
-            _ => None,
-        })
-        .collect();
+    let handing = handing_nodes(&w);
     assert!(!handing.is_empty(), "seed {seed}: nothing was handed off");
     for &n in &handing {
-        let node = w.node(n).unwrap();
-        let ring = node.ring().unwrap();
-        let stale: Vec<&bytes::Bytes> = node
-            .storage()
-            .objects()
-            .keys()
-            .filter(|k| !ring.primaries(ring.partition_of(k)).contains(&n))
-            .collect();
+        let stale = stale_own_copies(&w, n);
         assert!(
             stale.is_empty(),
             "seed {seed}: with {down} down past the hint window, {n} still holds {} own copies it does not replicate: {stale:?}",
             stale.len()
         );
     }
-    for (key, dot) in &acked {
-        let r = w.submit(
-            B,
-            ClientOp::Get {
-                key: key.clone(),
-                r: Some(3),
-            },
-        );
-        match w.run_until_done(r, Dur::secs(5)) {
-            Some(Ok(ClientReply::Read { context, .. })) if context.covers(dot) => {}
-            other => panic!("seed {seed}: {key:?} lost or unreadable: {other:?}"),
-        }
-    }
+    let lost = lost_writes(&mut w, &acked, seed);
+    assert!(lost.is_empty(), "seed {seed}: lost {lost:?}");
     println!(
         "S7, {down} down past the hint window (seed {seed}): handoff completed after its restart"
     );
