@@ -360,20 +360,8 @@ async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, Ap
         (rx, peers, kinds),
         |(mut rx, mut peers, kinds)| async move {
             loop {
-                let peer_line = async {
-                    match peers.as_mut() {
-                        Some(p) => p.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let core_line = async {
-                    match rx.as_mut() {
-                        Some(r) => r.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
                 let item = tokio::select! {
-                    line = core_line => match line {
+                    line = recv_if_subscribed(rx.as_mut()) => match line {
                         Ok(line) => {
                             if kinds
                                 .as_ref()
@@ -386,7 +374,7 @@ async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, Ap
                         Err(RecvError::Lagged(n)) => Sse::default().event("lagged").data(n.to_string()),
                         Err(RecvError::Closed) => return None,
                     },
-                    line = peer_line => match line {
+                    line = recv_if_subscribed(peers.as_mut()) => match line {
                         Ok(line) => Sse::default().event("peer").data(line.as_str()),
                         Err(RecvError::Lagged(n)) => Sse::default().event("lagged").data(n.to_string()),
                         Err(RecvError::Closed) => return None,
@@ -399,6 +387,16 @@ async fn events(State(s): State<Arc<ApiState>>, uri: Uri) -> Result<Response, Ap
     Ok(axum::response::Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The next item of `rx`, or never when this stream did not subscribe to it.
+async fn recv_if_subscribed<T: Clone>(
+    rx: Option<&mut tokio::sync::broadcast::Receiver<T>>,
+) -> Result<T, tokio::sync::broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn leave(State(s): State<Arc<ApiState>>) -> Result<Response, ApiError> {

@@ -103,14 +103,19 @@ fn wait_ring_owners(c: &Cluster, observers: &[usize], owners: &[&str]) {
     );
 }
 
-#[test]
-fn a_node_joins_with_data_then_leaves_and_hands_it_back() {
-    let mut c = Cluster::new_stopped(4, opts());
+/// Starts A (the seed), then B and C, and waits for the three to form a ring.
+fn start_abc(c: &mut Cluster) {
     c.start_node(0);
     c.wait_healthy(0);
     c.start_node(1);
     c.start_node(2);
     wait_for("A, B, C to form a ring", T, || c.formed(&[0, 1, 2]));
+}
+
+#[test]
+fn a_node_joins_with_data_then_leaves_and_hands_it_back() {
+    let mut c = Cluster::new_stopped(4, opts());
+    start_abc(&mut c);
     let first: Vec<String> = (0..150).map(|i| format!("before-{i}")).collect();
     write_all(&c, &first, &[0, 1, 2]);
 
@@ -226,11 +231,7 @@ fn a_joiner_killed_mid_pull_pulls_again_after_a_restart_and_the_join_completes()
     c.nodes[3]
         .extra_args
         .extend(["--pull-concurrency".to_string(), "1".to_string()]);
-    c.start_node(0);
-    c.wait_healthy(0);
-    c.start_node(1);
-    c.start_node(2);
-    wait_for("A, B, C to form a ring", T, || c.formed(&[0, 1, 2]));
+    start_abc(&mut c);
     let first: Vec<String> = (0..1200).map(|i| format!("k-{i}")).collect();
     write_all(&c, &first, &[0, 1, 2]);
     let before = c.cluster(0).expect("/cluster of A")["ring_version"].clone();

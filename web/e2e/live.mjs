@@ -30,28 +30,31 @@ const server = await serve();
 const origin = `http://127.0.0.1:${server.address().port}`;
 const [peer, httpPort] = [await freePort(), await freePort()];
 const nodeUrl = `http://127.0.0.1:${httpPort}`;
-let node = null;
-let nodeB = null;
+// Node processes by id: A (the one the page attaches to) and B (joins later).
 const [peerB, httpB] = [await freePort(), await freePort()];
-const startB = () => {
-  const log = fs.openSync(path.join(dir, "B.log"), "a");
-  nodeB = spawn(bin, ["serve", "--id", "B", "--peer-addr", `127.0.0.1:${peerB}`, "--http", `127.0.0.1:${httpB}`,
-    "--data-dir", path.join(dir, "dataB"), "--seeds", `127.0.0.1:${peer}`, "--cluster-key-file", path.join(dir, "cluster.key"),
+const nodes = {
+  A: { peer, http: httpPort, data: "data", child: null },
+  B: { peer: peerB, http: httpB, data: "dataB", child: null },
+};
+// Starts node `id`, seeded by A, with the page's origin allowed.
+const startNode = (id) => {
+  const n = nodes[id];
+  const log = fs.openSync(path.join(dir, `${id}.log`), "a");
+  n.child = spawn(bin, ["serve", "--id", id, "--peer-addr", `127.0.0.1:${n.peer}`, "--http", `127.0.0.1:${n.http}`,
+    "--data-dir", path.join(dir, n.data), "--seeds", `127.0.0.1:${peer}`, "--cluster-key-file", path.join(dir, "cluster.key"),
     "--n", "1", "--r", "1", "--w", "1", "--allow-origin", origin], { stdio: ["ignore", log, log] });
 };
-const stopB = async () => {
-  if (!nodeB) return;
-  const done = new Promise((r) => nodeB.once("exit", r));
-  nodeB.kill("SIGKILL");
+// kill -9 node `id`, if running, and wait for it to exit.
+const stopNode = async (id) => {
+  const n = nodes[id];
+  if (!n.child) return;
+  const done = new Promise((r) => n.child.once("exit", r));
+  n.child.kill("SIGKILL");
   await done;
-  nodeB = null;
+  n.child = null;
 };
-const start = () => {
-  const log = fs.openSync(path.join(dir, "A.log"), "a");
-  node = spawn(bin, ["serve", "--id", "A", "--peer-addr", `127.0.0.1:${peer}`, "--http", `127.0.0.1:${httpPort}`,
-    "--data-dir", path.join(dir, "data"), "--seeds", `127.0.0.1:${peer}`, "--cluster-key-file", path.join(dir, "cluster.key"),
-    "--n", "1", "--r", "1", "--w", "1", "--allow-origin", origin], { stdio: ["ignore", log, log] });
-};
+const [start, stop] = [() => startNode("A"), () => stopNode("A")];
+const [startB, stopB] = [() => startNode("B"), () => stopNode("B")];
 const healthy = async () => {
   for (let i = 0; i < 300; i++) {
     try { if ((await fetch(`${nodeUrl}/health`)).ok) return; } catch {}
@@ -59,14 +62,6 @@ const healthy = async () => {
   }
   throw new Error(`node not healthy; log:\n${fs.readFileSync(path.join(dir, "A.log"), "utf8").slice(-3000)}`);
 };
-const stop = async () => {
-  if (!node) return;
-  const done = new Promise((r) => node.once("exit", r));
-  node.kill("SIGKILL");
-  await done;
-  node = null;
-};
-
 const { ctx, cleanup } = await browser();
 const errors = [];
 let failed = false;
