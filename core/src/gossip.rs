@@ -248,6 +248,13 @@ pub enum Msg {
     PullData {
         /// Partition.
         partition: Partition,
+        /// The request's cursor, echoed: the puller goes on only with the answer
+        /// to the request it has outstanding, not with a late duplicate of it.
+        after: Option<Bytes>,
+        /// The last key this page covers in tree order, whether or not the source
+        /// still stored its object: the next request's cursor. (A page of keys
+        /// all missing from storage would otherwise carry no cursor and stall.)
+        last: Option<Bytes>,
         /// Keys and versions.
         items: Vec<(Bytes, Object)>,
         /// Last page.
@@ -261,6 +268,14 @@ pub enum Msg {
 pub(crate) struct PullState {
     after: Option<Bytes>,
     asked: Option<(NodeId, crate::time::Time)>,
+}
+
+/// A [`Msg::PullData`] as the puller handles it.
+pub(crate) struct Page {
+    after: Option<Bytes>,
+    last: Option<Bytes>,
+    items: Vec<(Bytes, Object)>,
+    done: bool,
 }
 
 /// Fingerprint of a ring (FNV-1a of its encoding): the tie-break between two rings
@@ -658,9 +673,20 @@ impl<S: Storage> Node<S> {
             Msg::Pull { partition, after } => self.serve_pull(from, partition, after),
             Msg::PullData {
                 partition,
+                after,
+                last,
                 items,
                 done,
-            } => self.absorb_pull(from, partition, items, done),
+            } => self.absorb_pull(
+                from,
+                partition,
+                Page {
+                    after,
+                    last,
+                    items,
+                    done,
+                },
+            ),
         }
     }
 
@@ -1015,6 +1041,7 @@ impl<S: Storage> Node<S> {
             .collect();
         let done = keys.len() <= page;
         keys.truncate(page);
+        let last = keys.last().map(|k| Bytes::copy_from_slice(k));
         let items: Vec<(Bytes, Object)> = keys
             .into_iter()
             .filter_map(|k| self.storage.object(&k).map(|o| (Bytes::from(k), o)))
@@ -1023,38 +1050,40 @@ impl<S: Storage> Node<S> {
             from,
             Message::gossip(Msg::PullData {
                 partition: p,
+                after,
+                last,
                 items,
                 done,
             }),
         );
     }
 
-    fn absorb_pull(&mut self, from: NodeId, p: Partition, items: Vec<(Bytes, Object)>, done: bool) {
+    fn absorb_pull(&mut self, from: NodeId, p: Partition, page: Page) {
         let Some(st) = self.pulls.get(&p) else {
             return;
         };
         // Only the answer to the request outstanding goes on with the pull: a late
-        // answer to one asked again after a timeout is merged (merging is
-        // idempotent), but does not start a second chain of requests.
-        let current = st.asked.is_some_and(|(src, _)| src == from);
-        let last = items.last().map(|(k, _)| k.clone());
-        if self.merge_own(&items).is_none() {
+        // answer (to a request asked again after a timeout, from another source or
+        // the same one) is merged, since merging is idempotent, but does not start
+        // a second chain of requests.
+        let current = st.asked.is_some_and(|(src, _)| src == from) && st.after == page.after;
+        if self.merge_own(&page.items).is_none() {
             return;
         }
         self.event(Event::PartitionPulled {
             from,
             partition: p.0,
-            keys: items.len(),
-            done,
+            keys: page.items.len(),
+            done: page.done,
         });
         if !current {
             return;
         }
-        if done {
+        if page.done {
             self.pulls.remove(&p);
             // A slot is free: the next partition starts (or `ready` is reported).
             self.continue_pulls();
-        } else if let Some(k) = last {
+        } else if let Some(k) = page.last {
             let st = self.pulls.entry(p).or_default();
             st.after = Some(k.clone());
             st.asked = Some((from, self.now));
@@ -1066,6 +1095,8 @@ impl<S: Storage> Node<S> {
                 }),
             );
         }
+        // A page that is neither the last nor has a cursor is malformed: the
+        // request stays outstanding and is asked again after `request_timeout`.
     }
 
     /// Admin: join the cluster through `contact`.
@@ -1127,6 +1158,164 @@ fn gaining(active: &Ring, pending: &Ring) -> Vec<NodeId> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    mod pages {
+        use super::super::*;
+        use crate::config::Config;
+        use crate::message::{Input, Output};
+        use crate::store::{Batch, MemStorage, Op, Storage};
+        use crate::time::Time;
+        use crate::version::Object;
+
+        const A: NodeId = NodeId(0);
+        const B: NodeId = NodeId(1);
+
+        /// A node of a 3-member ring (every node replicates every partition), with
+        /// pages of `page` keys.
+        fn node(id: NodeId, page: usize) -> Node<MemStorage> {
+            let config = Config {
+                hint_batch: page,
+                ..Config::default()
+            };
+            let m: Vec<(NodeId, String)> = (0..3).map(|i| (NodeId(i), "z".to_owned())).collect();
+            let ring = Ring::new(config.partitions, config.n, &m).unwrap();
+            Node::new(id, config, Some(ring), MemStorage::new(), 1, Time(0))
+        }
+
+        fn value(by: NodeId) -> Object {
+            let mut o = Object::new();
+            let actor = crate::version::Actor { node: by, epoch: 1 };
+            o.write(actor, &Default::default(), Some(Bytes::from_static(b"v")));
+            o
+        }
+
+        fn pull_sends(n: &mut Node<MemStorage>) -> Vec<(NodeId, Msg)> {
+            std::iter::from_fn(|| n.poll_output())
+                .filter_map(|o| match o {
+                    Output::Send {
+                        to,
+                        msg: Message::Gossip(m),
+                    } if matches!(*m, Msg::Pull { .. } | Msg::PullData { .. }) => Some((to, *m)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// Five keys of partition 0, stored on `n`, in the tree's order.
+        fn five_keys(n: &mut Node<MemStorage>) -> Vec<Bytes> {
+            let ring = n.ring().unwrap().clone();
+            let keys: Vec<Bytes> = (0..10_000)
+                .map(|i| Bytes::from(format!("k{i}")))
+                .filter(|k| ring.partition_of(k) == Partition(0))
+                .take(5)
+                .collect();
+            let items: Vec<(Bytes, Object)> = keys.iter().map(|k| (k.clone(), value(A))).collect();
+            assert_eq!(n.merge_own(&items), Some(5));
+            n.flush_trees();
+            let tree = n.merkle_tree(Partition(0)).unwrap();
+            tree.iter_after(None)
+                .map(|(k, _)| Bytes::copy_from_slice(k))
+                .collect()
+        }
+
+        #[test]
+        fn a_page_of_keys_missing_from_storage_still_moves_the_cursor() {
+            let mut a = node(A, 2);
+            let order = five_keys(&mut a);
+            // The tree and the store out of step: the first page's objects are gone
+            // from storage behind the node's back.
+            let gone = Batch {
+                ops: order[..2]
+                    .iter()
+                    .map(|k| Op::DeleteObject { key: k.clone() })
+                    .collect(),
+            };
+            a.storage.apply(gone).unwrap();
+            a.handle_input(
+                Time(1),
+                Input::Message {
+                    from: B,
+                    msg: Message::gossip(Msg::Pull {
+                        partition: Partition(0),
+                        after: None,
+                    }),
+                },
+            );
+            let sent = pull_sends(&mut a);
+            let [(
+                to,
+                Msg::PullData {
+                    after,
+                    last,
+                    items,
+                    done,
+                    ..
+                },
+            )] = &sent[..]
+            else {
+                panic!("one page expected, got {sent:?}");
+            };
+            assert_eq!(*to, B);
+            assert!(items.is_empty() && !done && after.is_none());
+            assert_eq!(
+                last.as_ref(),
+                Some(&order[1]),
+                "the cursor covers the missing keys"
+            );
+        }
+
+        #[test]
+        fn only_the_answer_to_the_outstanding_request_goes_on() {
+            let mut d = node(NodeId(3), 2);
+            let key = Bytes::from_static(b"x");
+            d.pulls.insert(
+                Partition(0),
+                PullState {
+                    after: None,
+                    asked: Some((B, Time(0))),
+                },
+            );
+            let page = |last: &str| {
+                Message::gossip(Msg::PullData {
+                    partition: Partition(0),
+                    after: None,
+                    last: Some(Bytes::from(last.to_owned())),
+                    items: vec![(key.clone(), value(B))],
+                    done: false,
+                })
+            };
+            d.handle_input(
+                Time(1),
+                Input::Message {
+                    from: B,
+                    msg: page("m"),
+                },
+            );
+            let sent = pull_sends(&mut d);
+            assert_eq!(
+                sent,
+                vec![(
+                    B,
+                    Msg::Pull {
+                        partition: Partition(0),
+                        after: Some(Bytes::from_static(b"m")),
+                    }
+                )],
+                "the page's cursor is the next request's, though its item is another key"
+            );
+            // The same answer again (a duplicate after a re-ask): merged, no second chain.
+            d.handle_input(
+                Time(2),
+                Input::Message {
+                    from: B,
+                    msg: page("m"),
+                },
+            );
+            assert!(pull_sends(&mut d).is_empty());
+            assert!(d.storage.object(&key).is_some());
+            assert_eq!(d.pulls[&Partition(0)].after, Some(Bytes::from_static(b"m")));
+        }
+    }
 
     fn member(id: u32, generation: u64, version: u64, status: Status) -> Member {
         Member {
