@@ -270,14 +270,6 @@ pub(crate) struct PullState {
     asked: Option<(NodeId, crate::time::Time)>,
 }
 
-/// A [`Msg::PullData`] as the puller handles it.
-pub(crate) struct Page {
-    after: Option<Bytes>,
-    last: Option<Bytes>,
-    items: Vec<(Bytes, Object)>,
-    done: bool,
-}
-
 /// Fingerprint of a ring (FNV-1a of its encoding): the tie-break between two rings
 /// of the same version made by different claimants.
 pub fn ring_fingerprint(r: &Ring) -> u64 {
@@ -677,16 +669,7 @@ impl<S: Storage> Node<S> {
                 last,
                 items,
                 done,
-            } => self.absorb_pull(
-                from,
-                partition,
-                Page {
-                    after,
-                    last,
-                    items,
-                    done,
-                },
-            ),
+            } => self.absorb_pull(from, partition, after, last, items, done),
         }
     }
 
@@ -1058,7 +1041,15 @@ impl<S: Storage> Node<S> {
         );
     }
 
-    fn absorb_pull(&mut self, from: NodeId, p: Partition, page: Page) {
+    fn absorb_pull(
+        &mut self,
+        from: NodeId,
+        p: Partition,
+        after: Option<Bytes>,
+        last: Option<Bytes>,
+        items: Vec<(Bytes, Object)>,
+        done: bool,
+    ) {
         let Some(st) = self.pulls.get(&p) else {
             return;
         };
@@ -1066,24 +1057,24 @@ impl<S: Storage> Node<S> {
         // answer (to a request asked again after a timeout, from another source or
         // the same one) is merged, since merging is idempotent, but does not start
         // a second chain of requests.
-        let current = st.asked.is_some_and(|(src, _)| src == from) && st.after == page.after;
-        if self.merge_own(&page.items).is_none() {
+        let current = st.asked.is_some_and(|(src, _)| src == from) && st.after == after;
+        if self.merge_own(&items).is_none() {
             return;
         }
         self.event(Event::PartitionPulled {
             from,
             partition: p.0,
-            keys: page.items.len(),
-            done: page.done,
+            keys: items.len(),
+            done,
         });
         if !current {
             return;
         }
-        if page.done {
+        if done {
             self.pulls.remove(&p);
             // A slot is free: the next partition starts (or `ready` is reported).
             self.continue_pulls();
-        } else if let Some(k) = page.last {
+        } else if let Some(k) = last {
             let st = self.pulls.entry(p).or_default();
             st.after = Some(k.clone());
             st.asked = Some((from, self.now));
@@ -1163,6 +1154,7 @@ mod tests {
         use super::super::*;
         use crate::config::Config;
         use crate::message::{Input, Output};
+        use crate::quorum::tests::written_by;
         use crate::store::{Batch, MemStorage, Op, Storage};
         use crate::time::Time;
         use crate::version::Object;
@@ -1177,16 +1169,7 @@ mod tests {
                 hint_batch: page,
                 ..Config::default()
             };
-            let m: Vec<(NodeId, String)> = (0..3).map(|i| (NodeId(i), "z".to_owned())).collect();
-            let ring = Ring::new(config.partitions, config.n, &m).unwrap();
-            Node::new(id, config, Some(ring), MemStorage::new(), 1, Time(0))
-        }
-
-        fn value(by: NodeId) -> Object {
-            let mut o = Object::new();
-            let actor = crate::version::Actor { node: by, epoch: 1 };
-            o.write(actor, &Default::default(), Some(Bytes::from_static(b"v")));
-            o
+            crate::quorum::tests::node(id, 3, config)
         }
 
         fn pull_sends(n: &mut Node<MemStorage>) -> Vec<(NodeId, Msg)> {
@@ -1209,7 +1192,8 @@ mod tests {
                 .filter(|k| ring.partition_of(k) == Partition(0))
                 .take(5)
                 .collect();
-            let items: Vec<(Bytes, Object)> = keys.iter().map(|k| (k.clone(), value(A))).collect();
+            let items: Vec<(Bytes, Object)> =
+                keys.iter().map(|k| (k.clone(), written_by(A))).collect();
             assert_eq!(n.merge_own(&items), Some(5));
             n.flush_trees();
             let tree = n.merkle_tree(Partition(0)).unwrap();
@@ -1280,7 +1264,7 @@ mod tests {
                     partition: Partition(0),
                     after: None,
                     last: Some(Bytes::from(last.to_owned())),
-                    items: vec![(key.clone(), value(B))],
+                    items: vec![(key.clone(), written_by(B))],
                     done: false,
                 })
             };

@@ -1004,7 +1004,7 @@ fn merge_all(replies: &[(NodeId, Option<NodeId>, Object)]) -> Object {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
     use crate::message::{Input, Output};
@@ -1017,7 +1017,7 @@ mod tests {
     const C: NodeId = NodeId(2);
     const D: NodeId = NodeId(3);
 
-    fn node(id: NodeId, members: u32, config: Config) -> Node<MemStorage> {
+    pub(crate) fn node(id: NodeId, members: u32, config: Config) -> Node<MemStorage> {
         let m: Vec<(NodeId, String)> = (0..members).map(|i| (NodeId(i), "z".to_owned())).collect();
         let ring = Ring::new(config.partitions, config.n, &m).unwrap();
         Node::new(id, config, Some(ring), MemStorage::new(), 1, Time(0))
@@ -1233,10 +1233,16 @@ mod tests {
     }
 
     /// B's object "v" for `key`, and the message asking `D` to hold it for A.
-    fn hinted_store(id: u64, key: &Bytes) -> (Object, Input) {
+    /// An object holding one write of "v" by `node` (epoch 1).
+    pub(crate) fn written_by(node: NodeId) -> Object {
         let mut obj = Object::new();
-        let actor = Actor { node: B, epoch: 1 };
+        let actor = Actor { node, epoch: 1 };
         obj.write(actor, &VersionVector::new(), Some(Bytes::from_static(b"v")));
+        obj
+    }
+
+    fn hinted_store(id: u64, key: &Bytes) -> (Object, Input) {
+        let obj = written_by(B);
         let msg = Msg::Store {
             id: Some(ReqId(id)),
             key: key.clone(),
