@@ -5,6 +5,7 @@
 #   DURATION=3s CLIENTS="1 16" benches/compare.sh
 #   SKIP_BUILD=1 benches/compare.sh  # use the existing target/release/ringlab
 #   RUNS=3 benches/compare.sh        # the whole matrix 3 times; the table shows per-cell medians
+#   BENCH_THREADS=1 benches/compare.sh  # the load generator on a current-thread runtime
 #
 # Starts, on 127.0.0.1 with free ports and a temp dir:
 #   - ringlab: 3 nodes (N=3, W=2, R=2, fsync on: every ack is after a group commit), zones z1..z3;
@@ -129,7 +130,7 @@ for mix in $MIXES; do
       echo "run $run/$RUNS: bench $t reads=$mix clients=$c ..." >&2
       "$BIN" bench --target "$t" --node "$nodes" --concurrency "$c" --reads "$mix" \
         --keys "$KEYS" --value-size "$VALUE_SIZE" --duration "$DURATION" --warmup "$WARMUP" \
-        "${extra[@]}" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS" \
+        ${BENCH_THREADS:+--threads "$BENCH_THREADS"} "${extra[@]}" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS" \
         || echo "{\"target\":\"$t\",\"reads_fraction\":$mix,\"concurrency\":$c,\"failed\":true}" >>"$RESULTS"
     done
   done

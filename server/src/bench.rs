@@ -97,6 +97,12 @@ pub struct BenchArgs {
     /// Per-request timeout (counted as error `timeout`).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Load-generator runtime threads, 1–1024 (default: one per core). On a
+    /// machine whose cores the load generator shares with the nodes under test, 1
+    /// (a current-thread runtime, no cross-thread wake-ups) leaves them more CPU:
+    /// BENCHMARKS.md measures both.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 /// Parses `10s`, `250ms`, `2m`, `1.5s`, or a plain number of seconds.
@@ -877,6 +883,7 @@ mod tests {
             key_prefix: None,
             seed: Some(7),
             timeout: Duration::from_secs(2),
+            threads: None,
         };
         let rep = measure(&args).await.unwrap();
         assert!(rep.ops > 100, "{rep:?}");

@@ -82,7 +82,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    let mut builder = match serve_cfg.as_ref().map(|c| c.threads) {
+    let threads = match &cli.cmd {
+        Cmd::Bench(a) => a.threads.map(usize::from),
+        _ => serve_cfg.as_ref().map(|c| c.threads),
+    };
+    let mut builder = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();

@@ -1,6 +1,7 @@
 //! `ringlab bench` against a real 3-node cluster: a short mixed run reports JSON with
 //! operations on both sides, ordered percentiles, no not-found reads after the
-//! preload, and no errors; and a bad flag is refused with a clear message.
+//! preload, and no errors, on the default runtime and on `--threads 1`; and bad
+//! flags are refused with a clear message.
 
 use ringlab_tests::{ringlab_bin, Cluster, ClusterOpts};
 use std::process::Command;
@@ -9,17 +10,40 @@ use std::process::Command;
 fn bench_reports_a_clean_mixed_run() {
     let c = Cluster::start(3, ClusterOpts::fast());
     let nodes: Vec<String> = (0..3).map(|i| c.url(i)).collect();
-    let out = Command::new(ringlab_bin())
-        .args(["bench", "--json", "--node", &nodes.join(",")])
+    // The default (multi-thread) runtime, then the current-thread one.
+    for threads in [None, Some("1")] {
+        check_mixed_run(&nodes, threads);
+    }
+    c.assert_no_panics();
+
+    for (flag, value) in [("--reads", "2"), ("--threads", "0"), ("--threads", "x")] {
+        let bad = Command::new(ringlab_bin())
+            .args(["bench", flag, value])
+            .output()
+            .expect("running ringlab bench");
+        assert!(!bad.status.success(), "{flag} {value} was accepted");
+        assert!(
+            String::from_utf8_lossy(&bad.stderr).contains(flag),
+            "{flag} {value}: {}",
+            String::from_utf8_lossy(&bad.stderr)
+        );
+    }
+}
+
+fn check_mixed_run(nodes: &[String], threads: Option<&str>) {
+    let mut cmd = Command::new(ringlab_bin());
+    cmd.args(["bench", "--json", "--node", &nodes.join(",")])
         .args(["--concurrency", "4", "--keys", "200", "--value-size", "64"])
         .args(["--reads", "0.5", "--duration", "2s", "--warmup", "500ms"])
-        .args(["--r", "2", "--w", "2"])
-        .output()
-        .expect("running ringlab bench");
+        .args(["--r", "2", "--w", "2"]);
+    if let Some(t) = threads {
+        cmd.args(["--threads", t]);
+    }
+    let out = cmd.output().expect("running ringlab bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "ringlab bench failed: {}\n{stdout}",
+        "ringlab bench (threads {threads:?}) failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("bench --json output");
@@ -32,17 +56,5 @@ fn bench_reports_a_clean_mixed_run() {
     assert!(
         num("p99_ms") <= num("p999_ms") && num("p999_ms") <= num("max_ms"),
         "{v}"
-    );
-    c.assert_no_panics();
-
-    let bad = Command::new(ringlab_bin())
-        .args(["bench", "--reads", "2"])
-        .output()
-        .expect("running ringlab bench");
-    assert!(!bad.status.success());
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("--reads"),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
     );
 }
