@@ -494,14 +494,32 @@ impl<S: Storage> Node<S> {
 
     /// Commits `ops` as one atomic batch. On failure emits an event and returns
     /// false: the caller must then not emit anything that claims the write happened.
-    pub(crate) fn commit(&mut self, ops: Vec<Op>) -> bool {
+    ///
+    /// Own copies of keys this node does not replicate get hints for their owners
+    /// in the same batch ([`Self::orphan_hints`]), whichever path wrote them.
+    pub(crate) fn commit(&mut self, mut ops: Vec<Op>) -> bool {
         if ops.is_empty() {
             return true;
         }
+        let (hints, full) = self.orphan_hints(&ops);
+        ops.extend(hints);
+        // An owner's hints are at their limit: the scan from the start waits for
+        // room and then hints what did not fit (and re-hints the rest, harmlessly).
+        let rescan = (full && !self.orphan_scan.as_ref().is_some_and(|s| s.at_start()))
+            .then(|| {
+                self.ring
+                    .as_ref()
+                    .map(|r| handoff::OrphanScan::new(r.version()))
+            })
+            .flatten();
+        ops.extend(rescan.as_ref().map(|s| handoff::OrphanScan::op(Some(s))));
         let updates = self.tree_updates(&ops);
         match self.storage.apply(Batch { ops }) {
             Ok(()) => {
                 self.update_trees(updates);
+                if rescan.is_some() {
+                    self.orphan_scan = rescan;
+                }
                 true
             }
             Err(e) => {
