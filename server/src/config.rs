@@ -35,7 +35,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub zone: Option<String>,
     /// Cluster key file: one 64-hex-char key per line, first one sends, all are
-    /// accepted (create one with `ringlab keygen > FILE`). Required.
+    /// accepted (create one with `ringlab keygen > FILE`). Reread on SIGHUP, so keys
+    /// rotate without a restart (a broken file is refused, the keys stay). Required.
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
     /// Cluster name; nodes of a different cluster are refused [default: ringlab].

@@ -139,7 +139,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         crate::outln!("\nLogs: {}/<id>.log", dir.display());
     }
     crate::outln!("Ctrl-C stops the cluster.");
-    let stop_signal = crate::serve::shutdown_signal();
+    let stop_signal = async {
+        // A closed terminal sends SIGHUP to the whole foreground group. The nodes
+        // take it as "reload the key file" and keep running, so the demo must stop
+        // them itself rather than die of the signal and leave them orphaned.
+        #[cfg(unix)]
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::select! {
+                _ = crate::serve::shutdown_signal() => {},
+                _ = hup.recv() => {},
+            }
+            return;
+        }
+        crate::serve::shutdown_signal().await
+    };
     tokio::pin!(stop_signal);
     loop {
         tokio::select! {

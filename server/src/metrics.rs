@@ -86,6 +86,12 @@ pub struct TransportSnapshot {
     pub dropped: BTreeMap<String, u64>,
     /// Frames or handshakes rejected, by reason (`bad_mac`, `replay`, …).
     pub rejected: BTreeMap<String, u64>,
+    /// Fingerprints of the cluster keys accepted, the sending key's first.
+    pub key_fingerprints: Vec<String>,
+    /// Key file reloads that replaced the keys.
+    pub key_reloads: u64,
+    /// Key file reloads refused (the keys stayed).
+    pub key_reloads_failed: u64,
 }
 
 /// Every reason a frame can be rejected for: always rendered (as 0 until it happens).
@@ -386,6 +392,34 @@ impl Metrics {
                 escape(&reason)
             );
         }
+        // One series per accepted key, so a rotation can be checked cluster-wide
+        // before the old key is removed: every node must show the new key as `send`.
+        out.push_str(
+            "# HELP ringlab_cluster_key Cluster keys this node accepts, by fingerprint; role=\"send\" seals what it sends.\n",
+        );
+        out.push_str("# TYPE ringlab_cluster_key gauge\n");
+        for (i, f) in t.key_fingerprints.iter().enumerate() {
+            let role = if i == 0 { "send" } else { "accept" };
+            let _ = writeln!(
+                out,
+                "ringlab_cluster_key{{fingerprint=\"{}\",role=\"{role}\"}} 1",
+                escape(f)
+            );
+        }
+        out.push_str(
+            "# HELP ringlab_key_reloads_total Cluster key file reloads (SIGHUP), by outcome; on error the keys stay.\n",
+        );
+        out.push_str("# TYPE ringlab_key_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "ringlab_key_reloads_total{{outcome=\"ok\"}} {}",
+            t.key_reloads
+        );
+        let _ = writeln!(
+            out,
+            "ringlab_key_reloads_total{{outcome=\"error\"}} {}",
+            t.key_reloads_failed
+        );
         out
     }
 }
@@ -416,6 +450,8 @@ mod tests {
         m.group_commit(5);
         m.set_transport_source(|| TransportSnapshot {
             rejected: [("bad_mac".to_string(), 3)].into_iter().collect(),
+            key_fingerprints: vec!["0badcafe".into(), "12345678".into()],
+            key_reloads_failed: 1,
             ..Default::default()
         });
         let text = m.render();
@@ -459,5 +495,17 @@ mod tests {
             Some("ringlab_group_commit_batches_bucket{le=\"8\"} 1")
         );
         assert_eq!(m.counter("storage_syncs"), 1);
+        assert_eq!(
+            line(&text, "ringlab_cluster_key{fingerprint=\"0badcafe\""),
+            Some("ringlab_cluster_key{fingerprint=\"0badcafe\",role=\"send\"} 1")
+        );
+        assert_eq!(
+            line(&text, "ringlab_cluster_key{fingerprint=\"12345678\""),
+            Some("ringlab_cluster_key{fingerprint=\"12345678\",role=\"accept\"} 1")
+        );
+        assert_eq!(
+            line(&text, "ringlab_key_reloads_total{outcome=\"error\"}"),
+            Some("ringlab_key_reloads_total{outcome=\"error\"} 1")
+        );
     }
 }

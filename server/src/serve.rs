@@ -58,6 +58,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             max_frame: MAX_FRAME,
         },
     )?;
+    #[cfg(unix)]
+    reload_keys_on_hangup(transport.clone(), cfg.cluster_key_file.clone())?;
+    tracing::info!(
+        file = %cfg.cluster_key_file.display(),
+        sending = %transport.key_fingerprints()[0],
+        accepted = ?transport.key_fingerprints(),
+        "cluster keys loaded"
+    );
 
     let has_ring = storage_has_ring(&storage);
     let seeds = resolve_seeds(&transport, &cfg, &hello, has_ring).await?;
@@ -270,7 +278,42 @@ fn snapshot(t: &Transport) -> TransportSnapshot {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
+        key_fingerprints: t.key_fingerprints(),
+        key_reloads: s.key_reloads,
+        key_reloads_failed: s.key_reloads_failed,
     }
+}
+
+/// Rereads the cluster key file on every SIGHUP, so a key rotation (add, move to
+/// the top, remove) needs an edit and a signal per node, not a restart. A file that
+/// does not parse is logged and counted, and the node keeps its current keys.
+#[cfg(unix)]
+fn reload_keys_on_hangup(transport: Transport, path: std::path::PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before the node serves: from here on SIGHUP no longer terminates it.
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let (t, p) = (transport.clone(), path.clone());
+            // A key file is tiny, but it may sit on a slow mount: not on the node's thread.
+            let outcome = tokio::task::spawn_blocking(move || t.reload_keys(&p)).await;
+            match outcome {
+                Ok(Ok(prints)) => tracing::info!(
+                    file = %path.display(),
+                    sending = %prints[0],
+                    accepted = ?prints,
+                    "cluster key file reloaded"
+                ),
+                Ok(Err(e)) => tracing::error!(
+                    file = %path.display(),
+                    error = %format!("{e:#}"),
+                    "cluster key file not reloaded; the previous keys stay in use"
+                ),
+                Err(e) => tracing::error!(error = %e, "cluster key reload task failed"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

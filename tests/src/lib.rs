@@ -684,6 +684,21 @@ impl Cluster {
         }
     }
 
+    /// Sends signal `sig` (a `kill -s` name such as `HUP`) to running node `i`.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = self.nodes[i]
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {i} is not running"))
+            .id();
+        let status = Command::new("kill")
+            .args(["-s", sig, &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -s {sig} {pid}: {status}");
+        self.note(i, &format!("sent SIG{sig}"));
+    }
+
     /// Restarts node `i` (killing it first if running) with the same id, ports and data dir.
     pub fn restart(&mut self, i: usize) {
         self.kill9(i);

@@ -165,3 +165,114 @@ fn mismatched_cluster_parameters_are_refused() {
     still_serves(&c, 1, "after-mismatch");
     c.assert_no_panics();
 }
+
+/// Node `i`'s cluster keys from `/metrics`: (role, fingerprint), sending key first.
+fn keys_of(c: &Cluster, i: usize) -> Vec<(String, String)> {
+    let text = c.metrics(i).expect("/metrics answers");
+    let mut keys: Vec<(String, String)> =
+        ringlab_tests::metric_samples(&text, "ringlab_cluster_key")
+            .into_iter()
+            .filter(|(_, v)| *v == 1.0)
+            .filter_map(|(labels, _)| {
+                let get = |k: &str| {
+                    let at = labels.find(&format!("{k}=\""))? + k.len() + 2;
+                    Some(labels[at..].split('"').next()?.to_string())
+                };
+                Some((get("role")?, get("fingerprint")?))
+            })
+            .collect();
+    keys.sort_by_key(|(role, _)| role != "send");
+    keys
+}
+
+fn reloads(c: &Cluster, i: usize, outcome: &str) -> f64 {
+    let text = c.metrics(i).unwrap_or_default();
+    ringlab_tests::metric_samples(&text, "ringlab_key_reloads_total")
+        .into_iter()
+        .find(|(l, _)| l.contains(&format!("outcome=\"{outcome}\"")))
+        .map_or(0.0, |(_, v)| v)
+}
+
+/// The documented rotation — add the new key, move it to the top, remove the old one —
+/// done on a running cluster with one SIGHUP per node per step: no node restarts, no
+/// frame is rejected along the way, writes with W=2 keep succeeding between the steps,
+/// and afterwards the old key is locked out. A broken key file is refused on reload
+/// and the node keeps its keys.
+#[test]
+fn keys_rotate_on_a_running_cluster_with_sighup() {
+    let mut c = Cluster::start(3, ClusterOpts::fast());
+    let old = std::fs::read_to_string(&c.key_file).expect("key file");
+    let new = random_key_line();
+    let old_fp = keys_of(&c, 0);
+    assert_eq!(old_fp.len(), 1, "{old_fp:?}");
+    let old_fp = old_fp[0].1.clone();
+    let rejected_before: Vec<f64> = (0..3).map(|i| rejected(&c, i)).collect();
+
+    let step = |c: &Cluster, n: usize, file: String, what: &str| {
+        std::fs::write(&c.key_file, file).expect("writing the key file");
+        for i in 0..3 {
+            let before = reloads(c, i, "ok");
+            c.signal(i, "HUP");
+            wait_for(
+                &format!("{} to reload the key file ({what})", c.nodes[i].id),
+                Duration::from_secs(10),
+                || reloads(c, i, "ok") > before,
+            );
+            assert_eq!(keys_of(c, i).len(), n, "{what} on {}", c.nodes[i].id);
+            still_serves(c, i, &format!("rotation-{what}-{i}"));
+        }
+    };
+    // 1. Add the new key below the old one everywhere (all still send with the old).
+    step(&c, 2, format!("{old}{new}"), "add");
+    for i in 0..3 {
+        assert_eq!(keys_of(&c, i)[0], ("send".to_string(), old_fp.clone()));
+    }
+    // 2. Move it to the top, node by node: for a while nodes send with different
+    // keys, and each accepts both.
+    step(&c, 2, format!("{new}{old}"), "top");
+    let new_fp = keys_of(&c, 0)[0].1.clone();
+    assert_ne!(new_fp, old_fp);
+    for i in 0..3 {
+        assert_eq!(keys_of(&c, i)[0], ("send".to_string(), new_fp.clone()));
+    }
+    // 3. Remove the old key.
+    step(&c, 1, new.clone(), "remove");
+    for (i, before) in rejected_before.into_iter().enumerate() {
+        assert!(c.exited(i).is_none(), "{} stopped", c.nodes[i].id);
+        assert_eq!(
+            rejected(&c, i),
+            before,
+            "{} rejected frames during the rotation",
+            c.nodes[i].id
+        );
+    }
+    let r = c.get(2, "rotation-add-0", Some(3)).expect("get");
+    assert_eq!(
+        r.status, 200,
+        "a write from before the last step, R=3: {r:?}"
+    );
+
+    // The retired key no longer gets in.
+    let retired = c.add_node_with_key("H", &old);
+    let before = rejected(&c, 0);
+    c.start_node(retired);
+    wait_for(
+        "A to reject a node with the retired key",
+        Duration::from_secs(15),
+        || rejected(&c, 0) > before,
+    );
+    never_listed(&c, &[0, 1, 2], "H", Duration::from_secs(2));
+
+    // A broken file is refused and changes nothing.
+    std::fs::write(&c.key_file, "not a key\n").expect("writing the key file");
+    c.signal(1, "HUP");
+    wait_for(
+        "B to count the refused reload",
+        Duration::from_secs(10),
+        || reloads(&c, 1, "error") >= 1.0,
+    );
+    assert_eq!(keys_of(&c, 1), [("send".to_string(), new_fp)]);
+    assert!(c.exited(1).is_none(), "B stopped on a broken key file");
+    still_serves(&c, 1, "after-broken-reload");
+    c.assert_no_panics();
+}

@@ -2,10 +2,15 @@
 //!
 //! The first key seals every frame this node sends; every listed key is tried when
 //! opening a frame. Rotation without downtime: add the new key as a second line
-//! everywhere, move it to the top everywhere, then remove the old one.
+//! everywhere, move it to the top everywhere, then remove the old one; a running
+//! node rereads its file on SIGHUP ([`crate::transport::Transport::reload_keys`]),
+//! so each step is an edit and a signal, not a restart. Each key has a short
+//! fingerprint (logged and in `/metrics`) so an operator can see which key every
+//! node sends with before removing the old one.
 
 use chacha20poly1305::aead::KeyInit;
 use chacha20poly1305::XChaCha20Poly1305;
+use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// A malformed key file.
@@ -34,12 +39,24 @@ pub enum KeyError {
 #[derive(Clone)]
 pub struct KeyRing {
     ciphers: Vec<XChaCha20Poly1305>,
+    /// [`fingerprint`] of each key, in the same order.
+    fingerprints: Vec<String>,
+}
+
+/// A key's public name: 8 hex characters of SHA-256 over a domain tag and the key.
+/// It identifies a key in logs and metrics without revealing it (a preimage of a
+/// 32-bit truncated hash of a 256-bit secret says nothing useful about the secret).
+pub fn fingerprint(key: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"ringlab cluster key fingerprint v1\0");
+    h.update(key);
+    hex::encode(&h.finalize()[..4])
 }
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print key material.
-        write!(f, "KeyRing({} keys)", self.ciphers.len())
+        // Never print key material; fingerprints are safe.
+        write!(f, "KeyRing({:?})", self.fingerprints)
     }
 }
 
@@ -54,6 +71,7 @@ impl KeyRing {
                 .iter()
                 .map(|k| XChaCha20Poly1305::new(k.into()))
                 .collect(),
+            fingerprints: keys.iter().map(fingerprint).collect(),
         })
     }
 
@@ -102,6 +120,11 @@ impl KeyRing {
         self.ciphers.is_empty()
     }
 
+    /// Fingerprints of the accepted keys, the sending key's first.
+    pub fn fingerprints(&self) -> &[String] {
+        &self.fingerprints
+    }
+
     /// The key frames are sealed with.
     pub(crate) fn sending(&self) -> &XChaCha20Poly1305 {
         &self.ciphers[0]
@@ -123,6 +146,23 @@ mod tests {
         let b = "AB".repeat(32);
         let ring = KeyRing::parse(&format!("# cluster key\n\n{a}\n  {b}  # old\n")).unwrap();
         assert_eq!(ring.len(), 2);
+        assert_eq!(
+            ring.fingerprints(),
+            [fingerprint(&[0x11; 32]), fingerprint(&[0xAB; 32])]
+        );
+    }
+
+    #[test]
+    fn fingerprints_name_keys_without_showing_them() {
+        let (a, b) = (fingerprint(&[1; 32]), fingerprint(&[2; 32]));
+        assert_ne!(a, b);
+        assert_eq!(a, fingerprint(&[1; 32]), "stable");
+        assert_eq!(a.len(), 8);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        let ring = KeyRing::from_keys(&[[1; 32], [2; 32]]).unwrap();
+        let shown = format!("{ring:?}");
+        assert!(shown.contains(&a) && shown.contains(&b), "{shown}");
+        assert!(!shown.contains(&"01".repeat(8)), "{shown}");
     }
 
     #[test]

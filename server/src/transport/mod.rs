@@ -44,8 +44,9 @@ use ringlab_core::{Message, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -206,6 +207,12 @@ pub struct TransportStats {
     pub connections_dialed: u64,
     /// Rejections by reason.
     pub rejected: Rejected,
+    /// Keys accepted now (the first seals what this node sends).
+    pub keys: u64,
+    /// Key file reloads that replaced the keys.
+    pub key_reloads: u64,
+    /// Key file reloads refused (unreadable or malformed file; the keys stayed).
+    pub key_reloads_failed: u64,
 }
 
 #[derive(Default)]
@@ -219,15 +226,32 @@ struct Counters {
     dropped_too_large: AtomicU64,
     connections_dialed: AtomicU64,
     rejected: [AtomicU64; 7],
+    key_reloads: AtomicU64,
+    key_reloads_failed: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// The cluster keys, replaced whole by a reload. Every seal and every open reads
+/// the current ring, so a reload applies to the next frame on every connection
+/// (a connection is not bound to a key: its frames are sealed one by one).
+struct KeyCell(RwLock<Arc<KeyRing>>);
+
+impl KeyCell {
+    fn get(&self) -> Arc<KeyRing> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, keys: KeyRing) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+}
+
 struct Inner {
     hello: Hello,
-    keys: KeyRing,
+    keys: KeyCell,
     cluster: [u8; 8],
     queue_per_peer: usize,
     max_frame: usize,
@@ -318,7 +342,7 @@ impl From<std::io::Error> for ConnError {
 
 async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
-    keys: &KeyRing,
+    keys: &KeyCell,
     state: &mut RecvState,
     max_frame: usize,
 ) -> Result<(Header, Payload, usize), ConnError> {
@@ -332,7 +356,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     if body.len() != len {
         return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    let (h, p) = frame::open(keys, state, &body).map_err(ConnError::Frame)?;
+    let (h, p) = frame::open(&keys.get(), state, &body).map_err(ConnError::Frame)?;
     Ok((h, p, 4 + len))
 }
 
@@ -385,7 +409,7 @@ impl OutConn {
     async fn write(&mut self, inner: &Inner, plaintext: &[u8]) -> std::io::Result<()> {
         self.seq += 1;
         let f = frame::seal(
-            &inner.keys,
+            &inner.keys.get(),
             &inner.header(self.session, self.seq),
             plaintext,
         );
@@ -419,7 +443,7 @@ async fn handshake_out(
         anyhow::bail!("{addr} is not a ringlab peer port (bad preamble)");
     };
     let hello = frame::encode_payload(&PayloadRef::Hello(&inner.hello));
-    let f = frame::seal(&inner.keys, &inner.header(theirs, 1), &hello);
+    let f = frame::seal(&inner.keys.get(), &inner.header(theirs, 1), &hello);
     stream.write_all(&f).await?;
     bump(&inner.counters.frames_sent, 1);
     bump(&inner.counters.bytes_sent, f.len() as u64);
@@ -528,14 +552,14 @@ async fn serve_conn(
                         reason: refusal,
                         message: &msg,
                     });
-                    let f = frame::seal(&inner.keys, &inner.header(theirs, 1), &p);
+                    let f = frame::seal(&inner.keys.get(), &inner.header(theirs, 1), &p);
                     let _ = stream.write_all(&f).await;
                     return None;
                 }
                 bump(&inner.counters.frames_received, 1);
                 bump(&inner.counters.bytes_received, len as u64);
                 let p = frame::encode_payload(&PayloadRef::Accept(&inner.hello));
-                let f = frame::seal(&inner.keys, &inner.header(theirs, 1), &p);
+                let f = frame::seal(&inner.keys.get(), &inner.header(theirs, 1), &p);
                 stream.write_all(&f).await.ok()?;
                 bump(&inner.counters.frames_sent, 1);
                 bump(&inner.counters.bytes_sent, f.len() as u64);
@@ -835,7 +859,7 @@ impl Transport {
         let inner = Arc::new(Inner {
             cluster: frame::cluster_id(&cfg.hello.cluster),
             hello: cfg.hello,
-            keys: cfg.keys,
+            keys: KeyCell(RwLock::new(Arc::new(cfg.keys))),
             queue_per_peer: cfg.queue_per_peer,
             max_frame: cfg.max_frame,
             book: Mutex::new(HashMap::new()),
@@ -962,6 +986,35 @@ impl Transport {
                 params_mismatch: g(&c.rejected[5]),
                 handshake: g(&c.rejected[6]),
             },
+            keys: self.inner.keys.get().len() as u64,
+            key_reloads: g(&c.key_reloads),
+            key_reloads_failed: g(&c.key_reloads_failed),
+        }
+    }
+
+    /// Fingerprints of the keys in use, the sending key's first.
+    pub fn key_fingerprints(&self) -> Vec<String> {
+        self.inner.keys.get().fingerprints().to_vec()
+    }
+
+    /// Replaces the cluster keys with those in `path` (SIGHUP in `ringlab serve`):
+    /// the next frame on every connection is sealed with the new first key and
+    /// opened with any new key, and connections stay up. A file that cannot be read
+    /// or parsed changes nothing: the error says why and the old keys stay, because
+    /// a node left with no usable key would cut itself off the cluster. Returns the
+    /// new keys' fingerprints.
+    pub fn reload_keys(&self, path: &Path) -> anyhow::Result<Vec<String>> {
+        match KeyRing::load(path) {
+            Ok(keys) => {
+                let prints = keys.fingerprints().to_vec();
+                self.inner.keys.set(keys);
+                bump(&self.inner.counters.key_reloads, 1);
+                Ok(prints)
+            }
+            Err(e) => {
+                bump(&self.inner.counters.key_reloads_failed, 1);
+                Err(e)
+            }
         }
     }
 

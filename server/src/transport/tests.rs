@@ -176,6 +176,103 @@ async fn wrong_key_is_refused_and_never_delivered() {
     );
 }
 
+/// Writes `keys` (one hex line each) to `path`.
+fn write_keys(path: &std::path::Path, keys: &[u8]) {
+    let text: String = keys
+        .iter()
+        .map(|b| format!("{}\n", hex::encode([*b; 32])))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn keys_rotate_on_live_connections_by_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (dir.path().join("a.key"), dir.path().join("b.key"));
+    let (a, mut arx) = start(0).await;
+    let (b, mut brx) = start(1).await;
+    a.set_addr(NodeId(1), b.local_addr().to_string());
+    b.set_addr(NodeId(0), a.local_addr().to_string());
+    let mut nonce = 0;
+    let mut both_ways = |a: &Transport, b: &Transport| {
+        nonce += 1;
+        a.send(NodeId(1), &ping(nonce));
+        b.send(NodeId(0), &ping(nonce));
+        nonce
+    };
+    let n = both_ways(&a, &b);
+    assert_eq!(next_msg(&mut brx).await, (NodeId(0), ping(n)));
+    assert_eq!(next_msg(&mut arx).await, (NodeId(1), ping(n)));
+    let dialed = a.stats().connections_dialed + b.stats().connections_dialed;
+    let old = a.key_fingerprints();
+
+    // 1. Add key 9 below key 1 everywhere; 2. move it to the top, one node at a
+    // time (a sends with 9 while b still sends with 1: each accepts both);
+    // 3. remove key 1. Traffic flows after every step, on the same connections.
+    for (step, a_keys, b_keys) in [
+        (1, &[1u8, 9][..], &[1u8, 9][..]),
+        (2, &[9, 1], &[1, 9]),
+        (2, &[9, 1], &[9, 1]),
+        (3, &[9], &[9]),
+    ] {
+        write_keys(&fa, a_keys);
+        write_keys(&fb, b_keys);
+        let pa = a.reload_keys(&fa).unwrap();
+        b.reload_keys(&fb).unwrap();
+        assert_eq!(pa.len(), a_keys.len(), "step {step}");
+        let n = both_ways(&a, &b);
+        assert_eq!(
+            next_msg(&mut brx).await,
+            (NodeId(0), ping(n)),
+            "step {step}"
+        );
+        assert_eq!(
+            next_msg(&mut arx).await,
+            (NodeId(1), ping(n)),
+            "step {step}"
+        );
+    }
+    assert_ne!(a.key_fingerprints(), old);
+    assert_eq!(a.key_fingerprints(), b.key_fingerprints());
+    assert_eq!(a.stats().keys, 1);
+    assert_eq!(a.stats().key_reloads, 4);
+    assert_eq!(a.stats().rejected.total() + b.stats().rejected.total(), 0);
+    assert_eq!(
+        a.stats().connections_dialed + b.stats().connections_dialed,
+        dialed,
+        "a reload must not cost a reconnect"
+    );
+
+    // The retired key no longer gets in.
+    let (old_node, _) = start_with(hello(2), key(1), 64).await;
+    let err = old_node
+        .hello(&a.local_addr().to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("different cluster key"),
+        "{err:#}"
+    );
+    until(&a, "the retired key's handshake counted", |s| {
+        s.rejected.bad_mac >= 1
+    })
+    .await;
+
+    // A broken file changes nothing: the error names it, the keys stay, traffic flows.
+    std::fs::write(&fa, "not a key\n").unwrap();
+    let err = a.reload_keys(&fa).unwrap_err();
+    assert!(format!("{err:#}").contains("a.key"), "{err:#}");
+    assert!(a.reload_keys(&dir.path().join("missing.key")).is_err());
+    assert_eq!(
+        (a.stats().key_reloads, a.stats().key_reloads_failed),
+        (4, 2)
+    );
+    assert_eq!(a.key_fingerprints(), b.key_fingerprints());
+    let n = both_ways(&a, &b);
+    assert_eq!(next_msg(&mut brx).await, (NodeId(0), ping(n)));
+    assert_eq!(next_msg(&mut arx).await, (NodeId(1), ping(n)));
+}
+
 #[tokio::test]
 async fn different_cluster_or_params_are_refused_clearly() {
     let (a, mut arx) = start(0).await;
@@ -218,7 +315,7 @@ async fn raw(target: &Transport) -> (Arc<Inner>, OutConn, InConn) {
 fn frame_for(inner: &Inner, conn: &mut OutConn, msg: &Message) -> Vec<u8> {
     conn.seq += 1;
     let p = frame::encode_payload(&PayloadRef::Message(msg));
-    frame::seal(&inner.keys, &inner.header(conn.session, conn.seq), &p)
+    frame::seal(&inner.keys.get(), &inner.header(conn.session, conn.seq), &p)
 }
 
 async fn write_raw(conn: &mut OutConn, bytes: &[u8]) {
