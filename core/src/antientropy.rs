@@ -143,15 +143,30 @@ impl<S: Storage> Node<S> {
 
     /// The keys of tracked partitions a batch touches (cheap: the item hashes are
     /// computed later, once per key, by [`Node::flush_trees`]).
-    pub(crate) fn tree_updates(&self, ops: &[Op]) -> Vec<(Partition, Bytes)> {
-        let Some(ring) = &self.ring else {
-            return Vec::new();
-        };
+    pub(crate) fn tree_updates(
+        &self,
+        ops: &[Op],
+        parts: &[Option<Partition>],
+    ) -> Vec<(Partition, Bytes)> {
         ops.iter()
-            .filter_map(|op| match op {
-                Op::PutObject { key, .. } | Op::DeleteObject { key } => {
-                    let p = ring.partition_of(key);
-                    self.ae.trees.contains_key(&p).then(|| (p, key.clone()))
+            .zip(parts)
+            .filter_map(|(op, p)| match (op, p) {
+                (Op::PutObject { key, .. } | Op::DeleteObject { key }, Some(p)) => {
+                    self.ae.trees.contains_key(p).then(|| (*p, key.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The active ring's partition of each object op's key (`None` for other ops,
+    /// or without a ring), computed once per commit: the trees and the orphan check
+    /// both need it, and it is a SHA-256 of the key.
+    pub(crate) fn key_partitions(&self, ops: &[Op]) -> Vec<Option<Partition>> {
+        ops.iter()
+            .map(|op| match (op, &self.ring) {
+                (Op::PutObject { key, .. } | Op::DeleteObject { key }, Some(ring)) => {
+                    Some(ring.partition_of(key))
                 }
                 _ => None,
             })

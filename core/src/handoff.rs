@@ -197,7 +197,12 @@ impl<S: Storage> Node<S> {
     /// copy of a key this node replicates in neither the active nor the pending ring
     /// is covered here, by a hint that descends it: the owners' acks then let the
     /// copy go as for the scan's hints.
-    pub(crate) fn orphan_hints(&self, ops: &[Op]) -> (Vec<Op>, bool) {
+    /// `parts` is [`Self::key_partitions`] of `ops`.
+    pub(crate) fn orphan_hints(
+        &self,
+        ops: &[Op],
+        parts: &[Option<crate::ring::Partition>],
+    ) -> (Vec<Op>, bool) {
         let Some(ring) = self.ring.as_ref() else {
             return (Vec::new(), false);
         };
@@ -205,11 +210,11 @@ impl<S: Storage> Node<S> {
         let pending = self.membership.pending();
         let (mut out, mut full) = (Vec::new(), false);
         let mut usage: BTreeMap<NodeId, (usize, usize)> = BTreeMap::new();
-        for op in ops {
-            let Op::PutObject { key, object } = op else {
+        for (op, part) in ops.iter().zip(parts) {
+            let (Op::PutObject { key, object }, Some(part)) = (op, part) else {
                 continue;
             };
-            let owners = ring.primaries(ring.partition_of(key));
+            let owners = ring.primaries(*part);
             if owners.contains(&me)
                 || pending.is_some_and(|r| r.primaries(r.partition_of(key)).contains(&me))
             {

@@ -501,7 +501,9 @@ impl<S: Storage> Node<S> {
         if ops.is_empty() {
             return true;
         }
-        let (hints, full) = self.orphan_hints(&ops);
+        let parts = self.key_partitions(&ops);
+        let updates = self.tree_updates(&ops, &parts);
+        let (hints, full) = self.orphan_hints(&ops, &parts);
         ops.extend(hints);
         // An owner's hints are at their limit: the scan from the start waits for
         // room and then hints what did not fit (and re-hints the rest, harmlessly).
@@ -513,7 +515,6 @@ impl<S: Storage> Node<S> {
             })
             .flatten();
         ops.extend(rescan.as_ref().map(|s| handoff::OrphanScan::op(Some(s))));
-        let updates = self.tree_updates(&ops);
         match self.storage.apply(Batch { ops }) {
             Ok(()) => {
                 self.update_trees(updates);
