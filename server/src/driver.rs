@@ -43,23 +43,39 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 /// A group commit to run on a blocking thread.
 pub type SyncFn = Box<dyn FnOnce() -> Result<(), StorageError> + Send>;
 
+/// A group commit taken out of the storage: the job, and what kind of sync it is
+/// (for the sync-duration metric: a checkpoint stops applies while it runs, so its
+/// duration is a stall, where a log write's is only latency).
+pub struct SyncTask {
+    /// Commits the group (one fsync).
+    pub run: SyncFn,
+    /// Whether this is a checkpoint rather than a log write.
+    pub checkpoint: bool,
+}
+
+/// What a sync job reports: its outcome and how long the fsync itself took.
+type SyncDone = (Result<(), StorageError>, Duration, bool);
+
 /// A group commit running.
 struct Flight {
     /// The storage's applied-batch count when the group was taken (for the
     /// group-size histogram).
     batches: u64,
     /// `None`: the storage had nothing to sync (it counts as durable at once).
-    job: Option<tokio::task::JoinHandle<Result<(), StorageError>>>,
+    job: Option<tokio::task::JoinHandle<SyncDone>>,
 }
 
-/// The oldest flight's outcome. Cancel-safe: the flight stays queued until the
-/// caller pops it.
-async fn oldest_flight(flights: &mut VecDeque<Flight>) -> Result<(), StorageError> {
+/// The oldest flight's outcome, with the fsync's duration and kind when there was
+/// one. Cancel-safe: the flight stays queued until the caller pops it.
+async fn oldest_flight(
+    flights: &mut VecDeque<Flight>,
+) -> (Result<(), StorageError>, Option<(Duration, bool)>) {
     match flights.front_mut().and_then(|f| f.job.as_mut()) {
-        Some(job) => job
-            .await
-            .unwrap_or_else(|e| Err(StorageError(format!("sync task failed: {e}")))),
-        None => Ok(()),
+        Some(job) => match job.await {
+            Ok((r, took, checkpoint)) => (r, Some((took, checkpoint))),
+            Err(e) => (Err(StorageError(format!("sync task failed: {e}"))), None),
+        },
+        None => (Ok(()), None),
     }
 }
 
@@ -88,7 +104,7 @@ pub trait DurableStorage: Storage + Send + 'static {
     /// Takes the pending group, as what [`DurableStorage::finish_sync`] needs
     /// committed (one fsync) in a job to run on a blocking thread; `None` when
     /// nothing is pending. Only called while [`DurableStorage::can_start_sync`].
-    fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError>;
+    fn start_sync(&mut self) -> Result<Option<SyncTask>, StorageError>;
     /// Records the outcome of the oldest job not finished; an error means stop
     /// serving.
     fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError>;
@@ -114,9 +130,13 @@ impl DurableStorage for crate::storage::RedbStorage {
     fn pending_sync(&self) -> bool {
         crate::storage::RedbStorage::pending_sync(self)
     }
-    fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError> {
-        Ok(crate::storage::RedbStorage::start_sync(self)?
-            .map(|job| Box::new(move || job.commit()) as SyncFn))
+    fn start_sync(&mut self) -> Result<Option<SyncTask>, StorageError> {
+        Ok(
+            crate::storage::RedbStorage::start_sync(self)?.map(|job| SyncTask {
+                checkpoint: job.is_checkpoint(),
+                run: Box::new(move || job.commit()),
+            }),
+        )
     }
     fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
         crate::storage::RedbStorage::finish_sync(self, result)
@@ -143,7 +163,7 @@ impl DurableStorage for ringlab_core::MemStorage {
     fn pending_sync(&self) -> bool {
         false
     }
-    fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError> {
+    fn start_sync(&mut self) -> Result<Option<SyncTask>, StorageError> {
         Ok(None)
     }
     fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
@@ -700,14 +720,26 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             }
             self.flights.push_back(Flight {
                 batches,
-                job: job.map(tokio::task::spawn_blocking),
+                job: job.map(|task| {
+                    tokio::task::spawn_blocking(move || {
+                        let start = Instant::now();
+                        let r = (task.run)();
+                        (r, start.elapsed(), task.checkpoint)
+                    })
+                }),
             });
         }
     }
 
     /// The oldest group commit ended with `result`: record it, and release what
     /// waited for it.
-    fn finish_flight(&mut self, result: Result<(), StorageError>) -> anyhow::Result<()> {
+    fn finish_flight(
+        &mut self,
+        (result, timing): (Result<(), StorageError>, Option<(Duration, bool)>),
+    ) -> anyhow::Result<()> {
+        if let Some((took, checkpoint)) = timing {
+            self.metrics.sync(took, checkpoint);
+        }
         let flight = self.flights.pop_front().expect("a flight finished");
         if flight.job.is_some() {
             if let Err(e) = self.node.storage_mut().finish_sync(result) {
@@ -1085,14 +1117,17 @@ mod tests {
         fn pending_sync(&self) -> bool {
             self.pending
         }
-        fn start_sync(&mut self) -> Result<Option<SyncFn>, StorageError> {
+        fn start_sync(&mut self) -> Result<Option<SyncTask>, StorageError> {
             self.pending = false;
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             self.gates.0.lock().unwrap().push(Some(tx));
-            Ok(Some(Box::new(move || {
-                let _ = rx.recv();
-                Ok(())
-            })))
+            Ok(Some(SyncTask {
+                checkpoint: false,
+                run: Box::new(move || {
+                    let _ = rx.recv();
+                    Ok(())
+                }),
+            }))
         }
         fn finish_sync(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
             result

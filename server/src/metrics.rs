@@ -19,6 +19,15 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// Upper bounds of the group-commit size histogram (batches made durable per fsync).
 const GROUP_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// Upper bounds (seconds) of the storage sync duration histogram: a log write's
+/// `fdatasync` is a fraction of a millisecond, a checkpoint's commit tens of them.
+const SYNC_BUCKETS: [f64; 14] = [
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+
+/// Sync kinds, as labelled in the metrics.
+const SYNC_KINDS: [&str; 2] = ["log", "checkpoint"];
+
 /// A cumulative histogram with fixed buckets.
 #[derive(Debug)]
 struct Histogram {
@@ -115,6 +124,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     latency: [Histogram; 3],
     group_commit: Histogram,
+    /// Storage sync durations: log writes, checkpoints.
+    sync: [Histogram; 2],
     counters: Mutex<BTreeMap<&'static str, u64>>,
     gauges: Mutex<BTreeMap<&'static str, i64>>,
     transport: RwLock<Option<TransportSource>>,
@@ -216,6 +227,10 @@ impl Metrics {
                 Histogram::new(&LATENCY_BUCKETS, 1e6),
             ],
             group_commit: Histogram::new(&GROUP_BUCKETS, 1.0),
+            sync: [
+                Histogram::new(&SYNC_BUCKETS, 1e6),
+                Histogram::new(&SYNC_BUCKETS, 1e6),
+            ],
             counters: Mutex::new(COUNTERS.iter().map(|(n, _)| (*n, 0)).collect()),
             gauges: Mutex::new(GAUGES.iter().map(|(n, _)| (*n, 0)).collect()),
             transport: RwLock::new(None),
@@ -290,6 +305,12 @@ impl Metrics {
         self.add("storage_syncs", 1);
     }
 
+    /// Records how long one storage sync's fsync took (on its blocking thread): a
+    /// log write, or a checkpoint (during which the node applies nothing).
+    pub fn sync(&self, took: Duration, checkpoint: bool) {
+        self.sync[usize::from(checkpoint)].observe(took.as_secs_f64());
+    }
+
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
@@ -320,6 +341,17 @@ impl Metrics {
         out.push_str("# TYPE ringlab_group_commit_batches histogram\n");
         self.group_commit
             .render(&mut out, "ringlab_group_commit_batches", "");
+        out.push_str(
+            "# HELP ringlab_storage_sync_seconds Storage sync duration by kind (log: a group's record and its fdatasync; checkpoint: the redb commit, during which nothing is applied).\n",
+        );
+        out.push_str("# TYPE ringlab_storage_sync_seconds histogram\n");
+        for (kind, h) in SYNC_KINDS.iter().zip(&self.sync) {
+            h.render(
+                &mut out,
+                "ringlab_storage_sync_seconds",
+                &format!("kind=\"{kind}\""),
+            );
+        }
         if let Ok(c) = self.counters.lock() {
             for (name, help) in COUNTERS {
                 let v = c.get(name).copied().unwrap_or(0);
@@ -448,6 +480,8 @@ mod tests {
         m.request("put", "ok", Duration::from_millis(3));
         m.request("put", "ok", Duration::from_millis(30));
         m.group_commit(5);
+        m.sync(Duration::from_micros(150), false);
+        m.sync(Duration::from_millis(40), true);
         m.set_transport_source(|| TransportSnapshot {
             rejected: [("bad_mac".to_string(), 3)].into_iter().collect(),
             key_fingerprints: vec!["0badcafe".into(), "12345678".into()],
@@ -495,6 +529,28 @@ mod tests {
             Some("ringlab_group_commit_batches_bucket{le=\"8\"} 1")
         );
         assert_eq!(m.counter("storage_syncs"), 1);
+        // 150 µs is a log write in le=0.0002; the 40-ms checkpoint only from le=0.05.
+        assert_eq!(
+            line(
+                &text,
+                "ringlab_storage_sync_seconds_bucket{kind=\"log\",le=\"0.0002\"}"
+            ),
+            Some("ringlab_storage_sync_seconds_bucket{kind=\"log\",le=\"0.0002\"} 1")
+        );
+        assert_eq!(
+            line(
+                &text,
+                "ringlab_storage_sync_seconds_bucket{kind=\"checkpoint\",le=\"0.02\"}"
+            ),
+            Some("ringlab_storage_sync_seconds_bucket{kind=\"checkpoint\",le=\"0.02\"} 0")
+        );
+        assert_eq!(
+            line(
+                &text,
+                "ringlab_storage_sync_seconds_count{kind=\"checkpoint\"}"
+            ),
+            Some("ringlab_storage_sync_seconds_count{kind=\"checkpoint\"} 1")
+        );
         assert_eq!(
             line(&text, "ringlab_cluster_key{fingerprint=\"0badcafe\""),
             Some("ringlab_cluster_key{fingerprint=\"0badcafe\",role=\"send\"} 1")

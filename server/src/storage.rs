@@ -956,6 +956,12 @@ enum Job {
 pub struct SyncJob(Job);
 
 impl SyncJob {
+    /// Whether this commits the open transaction (a checkpoint) rather than
+    /// appending a log record.
+    pub fn is_checkpoint(&self) -> bool {
+        matches!(self.0, Job::Checkpoint(_))
+    }
+
     /// Makes the group durable: appends its log record and `fdatasync`s it, or
     /// commits the checkpoint (`Immediate`: one fsync).
     pub fn commit(self) -> Result<(), StorageError> {
