@@ -72,12 +72,25 @@ pub fn item_hash(key: &[u8], object: &Object) -> merkle::Hash {
     h.finalize().into()
 }
 
+/// Distinct dirty keys that make a commit flush the trees at once instead of
+/// leaving them to the next heartbeat tick.
+///
+/// Why: a flush costs an item hash and a path of SHA-256s per key (≈ 5 µs on the
+/// 2-core VM of BENCHMARKS.md), and it runs on the node's only thread. Left to the
+/// 250-ms tick, 1-client writes (≈ 450 keys a tick) stalled every request for
+/// ≈ 2.5 ms four times a second — that *was* the p99 — and 64 clients (thousands of
+/// keys) for over 10 ms. Bounding the batch bounds the stall (≈ 0.15 ms) for the
+/// same total work; a hot key still costs one hash per flush, not one per write.
+pub const FLUSH_KEYS: usize = 32;
+
 /// Anti-entropy state of a node.
 #[derive(Default)]
 pub(crate) struct AntiEntropy {
     pub trees: BTreeMap<Partition, MerkleTree>,
     /// Keys written since the last flush, per tracked partition.
     pub dirty: BTreeMap<Partition, std::collections::BTreeSet<Bytes>>,
+    /// Distinct keys in `dirty`.
+    dirty_keys: usize,
     outgoing: BTreeMap<u64, Session>,
     incoming: BTreeMap<(NodeId, u64), Session>,
     next_xid: u64,
@@ -173,22 +186,30 @@ impl<S: Storage> Node<S> {
             .collect()
     }
 
-    /// Marks keys of a committed batch dirty in their trees.
+    /// Marks keys of a committed batch dirty in their trees, and flushes them once
+    /// [`FLUSH_KEYS`] distinct keys are dirty.
     pub(crate) fn update_trees(&mut self, updates: Vec<(Partition, Bytes)>) {
         for (p, key) in updates {
-            self.ae.dirty.entry(p).or_default().insert(key);
+            if self.ae.dirty.entry(p).or_default().insert(key) {
+                self.ae.dirty_keys += 1;
+            }
+        }
+        if self.ae.dirty_keys >= FLUSH_KEYS {
+            self.flush_trees();
         }
     }
 
     /// Brings the trees up to date with storage: one item hash and one path update
     /// per key written since the last flush, however often it was written. Runs every
-    /// heartbeat tick and before any exchange or pull reads a tree, so trees lag
+    /// heartbeat tick, when a commit leaves [`FLUSH_KEYS`] keys dirty, and before
+    /// any exchange or pull reads a tree, so trees lag
     /// storage by at most one tick — the way Riak's AAE updates its trees
     /// asynchronously — and a hot key costs one hash per tick, not one per write.
     pub(crate) fn flush_trees(&mut self) {
         if self.ae.dirty.is_empty() {
             return;
         }
+        self.ae.dirty_keys = 0;
         for (p, keys) in std::mem::take(&mut self.ae.dirty) {
             for key in keys {
                 let object = self.storage.object(&key);
@@ -402,6 +423,72 @@ impl<S: Storage> Node<S> {
                 n,
                 bytes,
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::id::ClientReq;
+    use crate::message::{ClientOp, Input};
+    use crate::quorum::tests::node;
+    use crate::time::Time;
+
+    fn tracked(n: &Node<crate::store::MemStorage>) -> usize {
+        (0..n.config().partitions)
+            .filter_map(|p| n.merkle_tree(Partition(p)))
+            .map(MerkleTree::len)
+            .sum()
+    }
+
+    fn put(n: &mut Node<crate::store::MemStorage>, i: usize) {
+        n.handle_input(
+            Time(0),
+            Input::Client {
+                req: ClientReq(i as u64),
+                op: ClientOp::Put {
+                    key: Bytes::from(format!("k{i}")),
+                    value: Bytes::from_static(b"v"),
+                    context: None,
+                    w: None,
+                },
+            },
+        );
+        while n.poll_output().is_some() {}
+    }
+
+    #[test]
+    fn trees_flush_once_enough_keys_are_dirty_not_only_on_the_tick() {
+        // 3 nodes, N = 3: A replicates every partition, so every write is tracked.
+        let mut a = node(NodeId(0), 3, Config::default());
+        for i in 0..FLUSH_KEYS - 1 {
+            put(&mut a, i);
+        }
+        assert_eq!(
+            tracked(&a),
+            0,
+            "below the threshold the trees wait for the tick"
+        );
+        // Rewriting a dirty key adds no distinct key.
+        put(&mut a, 0);
+        assert_eq!(tracked(&a), 0);
+        put(&mut a, FLUSH_KEYS - 1);
+        assert_eq!(
+            tracked(&a),
+            FLUSH_KEYS,
+            "the commit that reaches it flushes"
+        );
+        // And the trees are what a flush at a tick would have built.
+        for p in 0..a.config().partitions {
+            let Some(tree) = a.merkle_tree(Partition(p)) else {
+                continue;
+            };
+            for (key, hash) in tree.iter() {
+                let o = a.storage().object(key).expect("stored");
+                assert_eq!(*hash, item_hash(key, &o));
+            }
         }
     }
 }
