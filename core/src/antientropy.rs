@@ -72,25 +72,15 @@ pub fn item_hash(key: &[u8], object: &Object) -> merkle::Hash {
     h.finalize().into()
 }
 
-/// Distinct dirty keys that make a commit flush the trees at once instead of
-/// leaving them to the next heartbeat tick.
-///
-/// Why: a flush costs an item hash and a path of SHA-256s per key (≈ 5 µs on the
-/// 2-core VM of BENCHMARKS.md), and it runs on the node's only thread. Left to the
-/// 250-ms tick, 1-client writes (≈ 450 keys a tick) stalled every request for
-/// ≈ 2.5 ms four times a second — that *was* the p99 — and 64 clients (thousands of
-/// keys) for over 10 ms. Bounding the batch bounds the stall (≈ 0.15 ms) for the
-/// same total work; a hot key still costs one hash per flush, not one per write.
-pub const FLUSH_KEYS: usize = 32;
-
 /// Anti-entropy state of a node.
 #[derive(Default)]
 pub(crate) struct AntiEntropy {
     pub trees: BTreeMap<Partition, MerkleTree>,
     /// Keys written since the last flush, per tracked partition.
     pub dirty: BTreeMap<Partition, std::collections::BTreeSet<Bytes>>,
-    /// Distinct keys in `dirty`.
-    dirty_keys: usize,
+    /// Partitions the last heartbeat tick found dirty, flushed one per input
+    /// handled afterwards ([`Node::flush_next`]).
+    pub flush_queue: std::collections::VecDeque<Partition>,
     outgoing: BTreeMap<u64, Session>,
     incoming: BTreeMap<(NodeId, u64), Session>,
     next_xid: u64,
@@ -186,30 +176,70 @@ impl<S: Storage> Node<S> {
             .collect()
     }
 
-    /// Marks keys of a committed batch dirty in their trees, and flushes them once
-    /// [`FLUSH_KEYS`] distinct keys are dirty.
+    /// Marks keys of a committed batch dirty in their trees.
     pub(crate) fn update_trees(&mut self, updates: Vec<(Partition, Bytes)>) {
         for (p, key) in updates {
-            if self.ae.dirty.entry(p).or_default().insert(key) {
-                self.ae.dirty_keys += 1;
-            }
+            self.ae.dirty.entry(p).or_default().insert(key);
         }
-        if self.ae.dirty_keys >= FLUSH_KEYS {
-            self.flush_trees();
+    }
+
+    /// The heartbeat's part of keeping trees current: partitions the previous tick
+    /// queued and no input has flushed since are a tick old, so they are flushed
+    /// now; the partitions dirty now are queued, to be flushed one per input
+    /// handled ([`Self::flush_next`]).
+    ///
+    /// Why not flush everything at the tick: a flush costs an item hash and a path
+    /// update per key (≈ 5 µs on the 2-core VM of BENCHMARKS.md) on the node's only
+    /// thread, and a tick's worth of 1-client writes (≈ 450 keys) stalled every
+    /// request for ≈ 2.5 ms four times a second — that was the 1-client write p99.
+    /// One partition at a time keeps what made the tick flush cheap (a key written
+    /// many times is hashed once; one tree's maps stay in cache while its keys are
+    /// done: a flush after every few writes instead cost 12–34 % of write
+    /// throughput) and bounds the stall to one partition's keys.
+    pub(crate) fn schedule_flush(&mut self) {
+        while let Some(p) = self.ae.flush_queue.pop_front() {
+            self.flush_partition(p);
+        }
+        let dirty: Vec<Partition> = self.ae.dirty.keys().copied().collect();
+        self.ae.flush_queue.extend(dirty);
+    }
+
+    /// Flushes the next queued partition, if any (after every input).
+    pub(crate) fn flush_next(&mut self) {
+        if let Some(p) = self.ae.flush_queue.pop_front() {
+            self.flush_partition(p);
+        }
+    }
+
+    /// Brings partition `p`'s tree up to date with storage (before an exchange or
+    /// a pull reads it).
+    pub(crate) fn flush_partition(&mut self, p: Partition) {
+        let Some(keys) = self.ae.dirty.remove(&p) else {
+            return;
+        };
+        for key in keys {
+            let object = self.storage.object(&key);
+            if let Some(tree) = self.ae.trees.get_mut(&p) {
+                match object {
+                    Some(o) => tree.insert(&key, item_hash(&key, &o)),
+                    None => tree.remove(&key),
+                };
+            }
         }
     }
 
     /// Brings the trees up to date with storage: one item hash and one path update
-    /// per key written since the last flush, however often it was written. Runs every
-    /// heartbeat tick, when a commit leaves [`FLUSH_KEYS`] keys dirty, and before
-    /// any exchange or pull reads a tree, so trees lag
+    /// per key written since the last flush, however often it was written. Each
+    /// tree is flushed within two heartbeat ticks ([`Self::schedule_flush`]), and
+    /// before an exchange or a pull reads it, so trees lag
     /// storage by at most one tick — the way Riak's AAE updates its trees
     /// asynchronously — and a hot key costs one hash per tick, not one per write.
+    #[cfg(test)]
     pub(crate) fn flush_trees(&mut self) {
         if self.ae.dirty.is_empty() {
             return;
         }
-        self.ae.dirty_keys = 0;
+        self.ae.flush_queue.clear();
         for (p, keys) in std::mem::take(&mut self.ae.dirty) {
             for key in keys {
                 let object = self.storage.object(&key);
@@ -235,7 +265,6 @@ impl<S: Storage> Node<S> {
     }
 
     pub(crate) fn anti_entropy_tick(&mut self) {
-        self.flush_trees();
         let now = self.now;
         self.ae
             .outgoing
@@ -262,6 +291,7 @@ impl<S: Storage> Node<S> {
             return;
         }
         let peer = peers[(self.rng.next_u64() % peers.len() as u64) as usize];
+        self.flush_partition(p);
         let Some(tree) = self.ae.trees.get(&p) else {
             return;
         };
@@ -291,7 +321,6 @@ impl<S: Storage> Node<S> {
     }
 
     pub(crate) fn handle_anti_entropy_msg(&mut self, from: NodeId, msg: Msg) {
-        self.flush_trees();
         match msg {
             Msg::Exchange {
                 xid,
@@ -315,6 +344,7 @@ impl<S: Storage> Node<S> {
             // We do not replicate this partition (our ring view differs): decline silently.
             return;
         }
+        self.flush_partition(p);
         let differing = match &msg {
             MerkleMsg::Level(l) => l.children.len() / 2,
             _ => 0,
@@ -459,29 +489,12 @@ mod tests {
         while n.poll_output().is_some() {}
     }
 
-    #[test]
-    fn trees_flush_once_enough_keys_are_dirty_not_only_on_the_tick() {
-        // 3 nodes, N = 3: A replicates every partition, so every write is tracked.
-        let mut a = node(NodeId(0), 3, Config::default());
-        for i in 0..FLUSH_KEYS - 1 {
-            put(&mut a, i);
-        }
-        assert_eq!(
-            tracked(&a),
-            0,
-            "below the threshold the trees wait for the tick"
-        );
-        // Rewriting a dirty key adds no distinct key.
-        put(&mut a, 0);
-        assert_eq!(tracked(&a), 0);
-        put(&mut a, FLUSH_KEYS - 1);
-        assert_eq!(
-            tracked(&a),
-            FLUSH_KEYS,
-            "the commit that reaches it flushes"
-        );
-        // And the trees are what a flush at a tick would have built.
+    /// Every tree with no dirty key matches storage.
+    fn check_trees(a: &Node<crate::store::MemStorage>) {
         for p in 0..a.config().partitions {
+            if a.ae.dirty.contains_key(&Partition(p)) {
+                continue;
+            }
             let Some(tree) = a.merkle_tree(Partition(p)) else {
                 continue;
             };
@@ -490,5 +503,39 @@ mod tests {
                 assert_eq!(*hash, item_hash(key, &o));
             }
         }
+    }
+
+    #[test]
+    fn a_tick_queues_dirty_partitions_and_inputs_flush_them_one_at_a_time() {
+        // 3 nodes, N = 3: A replicates every partition, so every write is tracked.
+        let mut a = node(NodeId(0), 3, Config::default());
+        let keys = 200;
+        for i in 0..keys {
+            put(&mut a, i);
+        }
+        assert_eq!(tracked(&a), 0, "writes alone leave the trees to the tick");
+        let dirty = a.ae.dirty.len();
+        assert!(dirty > 10, "{dirty} partitions dirty");
+        a.schedule_flush();
+        assert_eq!(a.ae.flush_queue.len(), dirty);
+        assert_eq!(tracked(&a), 0, "the tick itself flushes nothing new");
+        // Each input flushes one partition: all of its keys, and only its keys.
+        let first = a.ae.flush_queue[0];
+        let in_first = a.ae.dirty[&first].len();
+        put(&mut a, keys); // a new key, dirty until its partition's turn
+        assert_eq!(a.ae.flush_queue.len(), dirty - 1);
+        assert_eq!(a.merkle_tree(first).map(MerkleTree::len), Some(in_first));
+        for i in 1..dirty {
+            put(&mut a, i % keys); // a rewrite: its key joins its partition's set
+        }
+        assert!(a.ae.flush_queue.is_empty());
+        check_trees(&a);
+        // What no input flushed is flushed at the next tick: a tree lags by at most
+        // two ticks, however idle the node is.
+        a.schedule_flush();
+        a.schedule_flush();
+        assert!(a.ae.dirty.is_empty() && a.ae.flush_queue.is_empty());
+        assert_eq!(tracked(&a), keys + 1);
+        check_trees(&a);
     }
 }

@@ -392,7 +392,7 @@ impl<S: crate::store::Storage> crate::node::Node<S> {
             self.send(peer, Message::Detector(Msg::Ping { nonce }));
         }
         // 5. Keep recent membership changes spreading, and Merkle trees current.
-        self.flush_trees();
+        self.schedule_flush();
         self.push_hot_rumors();
         // 6. Unreachable for long: tell the administrator. Nothing moves.
         for peer in self.detector.newly_dead(self.now, self.config.dead_after) {

@@ -1010,7 +1010,7 @@ impl<S: Storage> Node<S> {
     }
 
     fn serve_pull(&mut self, from: NodeId, p: Partition, after: Option<Bytes>) {
-        self.flush_trees();
+        self.flush_partition(p);
         let Some(tree) = self.ae.trees.get(&p) else {
             return;
         };

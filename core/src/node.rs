@@ -364,6 +364,7 @@ impl<S: Storage> Node<S> {
             Input::Timeout => self.handle_timeout(),
             Input::Admin(admin) => self.handle_admin(admin),
         }
+        self.flush_next();
     }
 
     /// The next output, if any.
