@@ -121,9 +121,34 @@ fn build_bin(profile_dir: &Path) {
     );
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out
-/// again immediately).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range.
+///
+/// Why not port 0: the port the kernel hands out is *in* its ephemeral range, and
+/// once released any outgoing connection (a node dialing a peer, the test's own
+/// HTTP client) may take it as its local port before the node that was given it
+/// binds it — or while that node is down between a kill and a restart. CI hit it:
+/// "cannot listen on --peer-addr …: Address already in use". Ports below the range
+/// are only ever taken by listeners, so a port that binds now stays free for the
+/// node. A process-wide counter (from a random start, as several test binaries and
+/// threads allocate at once) keeps two tests of one binary from getting the same
+/// port.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral_low.clamp(12_000, 65_536));
+    let span = hi - lo;
+    let next = NEXT.get_or_init(|| AtomicU32::new(rand::thread_rng().gen_range(0..span)));
+    for _ in 0..span.min(4096) {
+        let port = (lo + next.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    // Nothing free below the range: the kernel's choice.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -1019,6 +1044,21 @@ pub fn scenario_rng(name: &str) -> (u64, rand::rngs::StdRng) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
+        for p in ports {
+            assert!(p < low.max(12_000), "{p} is in the ephemeral range");
+            TcpListener::bind(("127.0.0.1", p)).expect("a free port binds");
+        }
+    }
 
     #[test]
     fn metric_parsing() {
