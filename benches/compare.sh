@@ -6,6 +6,7 @@
 #   SKIP_BUILD=1 benches/compare.sh  # use the existing target/release/ringlab
 #   RUNS=3 benches/compare.sh        # the whole matrix 3 times; the table shows per-cell medians
 #   BENCH_THREADS=1 benches/compare.sh  # the load generator on a current-thread runtime
+#   SETTLE=0 benches/compare.sh      # no pause between cells (default 2 s after a `sync`)
 #
 # Starts, on 127.0.0.1 with free ports and a temp dir:
 #   - ringlab: 3 nodes (N=3, W=2, R=2, fsync on: every ack is after a group commit), zones z1..z3;
@@ -24,6 +25,10 @@ KEYS=${KEYS:-10000}
 VALUE_SIZE=${VALUE_SIZE:-100}
 TARGETS=${TARGETS:-"ringlab redis etcd"}
 RUNS=${RUNS:-1}
+# Between cells: `sync`, then this many seconds, so a cell does not start while the
+# previous store's dirty pages are still being written back (etcd's 64-client cells
+# leave enough of it to cost the next cell's fsyncs ~12 %, measured on 2026-12-04).
+SETTLE=${SETTLE:-2}
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -132,6 +137,7 @@ for mix in $MIXES; do
         --keys "$KEYS" --value-size "$VALUE_SIZE" --duration "$DURATION" --warmup "$WARMUP" \
         ${BENCH_THREADS:+--threads "$BENCH_THREADS"} "${extra[@]}" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS" \
         || echo "{\"target\":\"$t\",\"reads_fraction\":$mix,\"concurrency\":$c,\"failed\":true}" >>"$RESULTS"
+      if [ "$SETTLE" != 0 ]; then sync; sleep "$SETTLE"; fi
     done
   done
 done
