@@ -121,6 +121,14 @@ fn build_bin(profile_dir: &Path) {
     );
 }
 
+/// The lowest port of the kernel's ephemeral range (Linux's default when unreadable).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
 /// A free TCP port on 127.0.0.1, below the kernel's ephemeral range.
 ///
 /// Why not port 0: the port the kernel hands out is *in* its ephemeral range, and
@@ -134,16 +142,14 @@ fn build_bin(profile_dir: &Path) {
 /// port.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let (lo, hi) = (10_000u32, ephemeral_low.clamp(12_000, 65_536));
-    let span = hi - lo;
-    let next = NEXT.get_or_init(|| AtomicU32::new(rand::thread_rng().gen_range(0..span)));
-    for _ in 0..span.min(4096) {
-        let port = (lo + next.fetch_add(1, Ordering::Relaxed) % span) as u16;
+    const LO: u32 = 10_000;
+    static NEXT: OnceLock<(u32, AtomicU32)> = OnceLock::new();
+    let (span, next) = NEXT.get_or_init(|| {
+        let span = ephemeral_low().clamp(12_000, 65_536) - LO;
+        (span, AtomicU32::new(rand::thread_rng().gen_range(0..span)))
+    });
+    for _ in 0..(*span).min(4096) {
+        let port = (LO + next.fetch_add(1, Ordering::Relaxed) % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -1047,15 +1053,15 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32768);
+        let low = ephemeral_low();
         let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
         for p in ports {
-            assert!(p < low.max(12_000), "{p} is in the ephemeral range");
+            assert!(
+                u32::from(p) < low.max(12_000),
+                "{p} is in the ephemeral range"
+            );
             TcpListener::bind(("127.0.0.1", p)).expect("a free port binds");
         }
     }
