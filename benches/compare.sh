@@ -135,8 +135,8 @@ for mix in $MIXES; do
       echo "run $run/$RUNS: bench $t reads=$mix clients=$c ..." >&2
       "$BIN" bench --target "$t" --node "$nodes" --concurrency "$c" --reads "$mix" \
         --keys "$KEYS" --value-size "$VALUE_SIZE" --duration "$DURATION" --warmup "$WARMUP" \
-        ${BENCH_THREADS:+--threads "$BENCH_THREADS"} "${extra[@]}" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS" \
-        || echo "{\"target\":\"$t\",\"reads_fraction\":$mix,\"concurrency\":$c,\"failed\":true}" >>"$RESULTS"
+        ${BENCH_THREADS:+--threads "$BENCH_THREADS"} "${extra[@]}" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); v["run"]=int(sys.argv[1]); print(json.dumps(v))' "$run" >>"$RESULTS" \
+        || echo "{\"target\":\"$t\",\"reads_fraction\":$mix,\"concurrency\":$c,\"run\":$run,\"failed\":true}" >>"$RESULTS"
       if [ "$SETTLE" != 0 ]; then sync; sleep "$SETTLE"; fi
     done
   done
@@ -181,6 +181,19 @@ for r in rows:
     print(f"| {mix(r)} | {r['concurrency']} | {r['target']} | {r['ops_per_s']:.0f} | {lo:.0f}–{hi:.0f} | "
           f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | {errs} |")
 # Targets: writes >= 2x etcd with p99 no worse; reads >= 0.3x redis.
+# Besides the ratio of the cells' medians, each run's own ratio: a run measures the
+# stores back to back, so a drift of the machine between runs (seen: Redis 59 K ->
+# 69 K reads/s between passes) moves both sides of a run's ratio alike.
+def paired(t, f, c, other):
+    runs = {}
+    for r in raw:
+        if r.get("failed") or "run" not in r or r["reads_fraction"] != f or r["concurrency"] != c:
+            continue
+        runs.setdefault(r["run"], {})[r["target"]] = r["ops_per_s"]
+    ratios = sorted(v[t] / max(v[other], 1e-9) for v in runs.values() if t in v and other in v)
+    if len(ratios) < 2:
+        return ""
+    return f"; per run {' / '.join(f'{x:.2f}' for x in ratios)}, median {statistics.median(ratios):.2f}x"
 by = {(r["target"], r["reads_fraction"], r["concurrency"]): r for r in rows if not r.get("failed")}
 print()
 for (t, f, c), r in sorted(by.items()):
@@ -189,10 +202,11 @@ for (t, f, c), r in sorted(by.items()):
     if f == 0 and ("etcd", f, c) in by:
         e = by[("etcd", f, c)]
         print(f"- writes, {c} clients: ringlab/etcd ops/s = {r['ops_per_s']/max(e['ops_per_s'],1e-9):.2f}x "
-              f"(target >= 2x), p99 {r['p99_ms']:.2f} vs {e['p99_ms']:.2f} ms")
+              f"(target >= 2x), p99 {r['p99_ms']:.2f} vs {e['p99_ms']:.2f} ms{paired(t, f, c, 'etcd')}")
     if f == 1 and ("redis", f, c) in by:
         d = by[("redis", f, c)]
-        print(f"- reads, {c} clients: ringlab/redis ops/s = {r['ops_per_s']/max(d['ops_per_s'],1e-9):.2f}x (target >= 0.3x)")
+        print(f"- reads, {c} clients: ringlab/redis ops/s = {r['ops_per_s']/max(d['ops_per_s'],1e-9):.2f}x (target >= 0.3x)"
+              f"{paired(t, f, c, 'redis')}")
 PY
 echo
 echo "raw results: $RESULTS, logs: $OUT" >&2
