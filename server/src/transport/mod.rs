@@ -788,19 +788,13 @@ async fn write_queued(
         if queued.is_empty() && rx.recv_many(queued, WRITE_BATCH).await == 0 {
             return WriteEnd::Closed;
         }
-        // Let every task that is ready run first (HTTP requests just read, the node
-        // task handling them), so messages they queue for this peer share the frame:
-        // one sendto fewer for every message that joins. 16-client reads: 1.05 → 0.83
-        // frames sent per read, +3–7 % reads/s (BENCHMARKS.md).
-        if queued.len() < WRITE_BATCH {
-            tokio::task::yield_now().await;
-            while queued.len() < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => queued.push(m),
-                    Err(_) => break,
-                }
-            }
-        }
+        // `recv_many` took everything queued: on the node's current-thread runtime
+        // that is all the node task emitted for this peer in its last turn. No
+        // `yield_now` to wait for more: it defers this task past a zero-timeout
+        // `epoll_wait` and a whole scheduler tick for every frame, and measured on
+        // 2026-12-04 that cost more than the frames it saved (16-client reads: 0.90 →
+        // 1.11 frames per read without it, yet node CPU per read 96 → 85 µs and
+        // reads/s higher in 11 of 13 alternated rounds; BENCHMARKS.md).
         if conn.closed.load(Ordering::Relaxed) {
             return WriteEnd::Failed;
         }
