@@ -94,8 +94,9 @@ pub enum ReadFanout {
     #[default]
     All,
     /// R targets — the coordinator itself first when it is one — and the others
-    /// only if an asked one has not answered within `replica_timeout` (Voldemort's
-    /// preferred reads, Cassandra). At N=3, R=2 a read costs one replica round trip
+    /// as a speculative retry if an asked one has not answered within a few
+    /// round trips (`Node::speculate_delay`, at most `replica_timeout`; Voldemort's
+    /// preferred reads, Cassandra's speculative retry). At N=3, R=2 a read costs one replica round trip
     /// instead of two; read repair then covers the replicas asked, and anti-entropy
     /// the rest.
     Quorum,

@@ -528,6 +528,14 @@ pub enum Event {
         /// The error.
         error: String,
     },
+    /// A `ReadFanout::Quorum` read's replicas were slow to answer, so it also
+    /// asked `asked` (a speculative retry, or the rest at `replica_timeout`).
+    ReadRetried {
+        /// Key.
+        key: Bytes,
+        /// The replicas asked now.
+        asked: Vec<NodeId>,
+    },
 }
 
 impl Event {
@@ -539,6 +547,7 @@ impl Event {
             Event::QuorumMet { .. } => "quorum",
             Event::RequestFailed { .. } => "failed",
             Event::StandInRecruited { .. } => "stand-in",
+            Event::ReadRetried { .. } => "read-retry",
             Event::ReplicaStored { .. } => "stored",
             Event::HintStored { .. } => "hint",
             Event::HintRefused { .. } => "hint-refused",

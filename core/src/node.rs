@@ -37,6 +37,9 @@ pub(crate) enum Timer {
     HintReplay,
     /// A replica request's first-answer deadline (recruit stand-ins).
     ReplicaCheck(ReqId),
+    /// A `ReadFanout::Quorum` read's speculative retry: ask the replicas not asked
+    /// yet, long before `ReplicaCheck` would (see `quorum::speculate`).
+    Speculate(ReqId),
     /// A request's overall deadline.
     Deadline(ReqId),
     /// A forwarded client request's deadline.
@@ -84,6 +87,8 @@ pub struct Node<S: Storage> {
     pub(crate) epoch_floor: u64,
     next_id: u64,
     pub(crate) coords: BTreeMap<ReqId, quorum::Coord>,
+    /// Moving average of replica read round trips, in 1/16 ms (see `quorum::speculate`).
+    pub(crate) fetch_rtt: u64,
     pub(crate) forwards: BTreeMap<ReqId, quorum::Forwarded>,
     pub(crate) purges: BTreeMap<ReqId, quorum::PendingPurge>,
     pub(crate) handoffs: BTreeMap<NodeId, handoff::InFlight>,
@@ -112,7 +117,7 @@ pub struct Node<S: Storage> {
     pub(crate) hb_seq: u64,
     /// Indirect probes this node runs for others: ping nonce → (requester, their nonce, subject, sent).
     pub(crate) probing_for: BTreeMap<u64, (NodeId, u64, NodeId, Time)>,
-    timers: BTreeSet<(Time, Timer)>,
+    pub(crate) timers: BTreeSet<(Time, Timer)>,
     outputs: VecDeque<Output>,
     pub(crate) now: Time,
 }
@@ -197,6 +202,7 @@ impl<S: Storage> Node<S> {
             epoch_floor: floor,
             next_id: 1,
             coords: BTreeMap::new(),
+            fetch_rtt: 0,
             forwards: BTreeMap::new(),
             purges: BTreeMap::new(),
             handoffs: BTreeMap::new(),
@@ -413,6 +419,7 @@ impl<S: Storage> Node<S> {
                 Timer::Heartbeat => self.heartbeat_tick(),
                 Timer::HintReplay => self.hint_replay_tick(),
                 Timer::ReplicaCheck(id) => self.replica_check(id),
+                Timer::Speculate(id) => self.speculate(id),
                 Timer::Deadline(id) => self.deadline(id),
                 Timer::ForwardDeadline(id) => self.forward_deadline(id),
                 Timer::ForwardCheck(id) => self.forward_check(id),

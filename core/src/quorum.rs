@@ -36,7 +36,7 @@ use crate::message::{ClientOp, ClientReply, Event, Message, Output, RequestError
 use crate::node::{Node, Timer};
 use crate::ring::Partition;
 use crate::store::{Hint, Op, Storage};
-use crate::time::Time;
+use crate::time::{Dur, Time};
 use crate::version::{Actor, Dot, Object, VersionVector};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -124,6 +124,9 @@ pub(crate) struct Target {
     pub replaced: bool,
     /// Sent the request (a `ReadFanout::Quorum` read asks only R at first).
     pub asked: bool,
+    /// Asked after the start, by a speculative retry or `ask_the_rest` (its
+    /// answer time then says nothing of a round trip measured from the start).
+    pub late: bool,
 }
 
 pub(crate) enum Phase {
@@ -145,8 +148,12 @@ pub(crate) struct Coord {
     targets: Vec<Target>,
     phase: Phase,
     replied: bool,
+    /// When the request started (a replica's answer time is measured from it).
+    started: Time,
     deadline: Time,
     check: Time,
+    /// A `ReadFanout::Quorum` read's speculative retry, while it is pending.
+    speculate: Option<Time>,
 }
 
 impl Coord {
@@ -211,6 +218,7 @@ impl<S: Storage> Node<S> {
                     answered: false,
                     replaced: false,
                     asked: true,
+                    late: false,
                 });
             } else {
                 missing.push_back(node);
@@ -229,6 +237,7 @@ impl<S: Storage> Node<S> {
                         answered: false,
                         replaced: false,
                         asked: true,
+                        late: false,
                     });
                 }
             }
@@ -462,8 +471,10 @@ impl<S: Storage> Node<S> {
             targets,
             phase: Phase::Write { object: local, dot },
             replied: false,
+            started: self.now,
             deadline,
             check,
+            speculate: None,
         };
         self.coords.insert(id, coord);
         self.set_timer(deadline, Timer::Deadline(id));
@@ -509,6 +520,11 @@ impl<S: Storage> Node<S> {
         }
         let deadline = self.now + self.config.request_timeout;
         let check = self.now + self.config.replica_timeout;
+        let speculate = targets
+            .iter()
+            .any(|t| !t.asked)
+            .then(|| self.now + self.speculate_delay())
+            .filter(|&t| t < check);
         self.coords.insert(
             id,
             Coord {
@@ -519,12 +535,17 @@ impl<S: Storage> Node<S> {
                 targets,
                 phase: Phase::Read { replies },
                 replied: false,
+                started: self.now,
                 deadline,
                 check,
+                speculate,
             },
         );
         self.set_timer(deadline, Timer::Deadline(id));
         self.set_timer(check, Timer::ReplicaCheck(id));
+        if let Some(at) = speculate {
+            self.set_timer(at, Timer::Speculate(id));
+        }
         self.progress(id);
     }
 
@@ -654,6 +675,9 @@ impl<S: Storage> Node<S> {
         };
         self.cancel_timer(c.deadline, Timer::Deadline(id));
         self.cancel_timer(c.check, Timer::ReplicaCheck(id));
+        if let Some(at) = c.speculate {
+            self.cancel_timer(at, Timer::Speculate(id));
+        }
         match c.phase {
             Phase::Read { replies } => self.read_repair(c.key, replies),
             Phase::Write { object, .. } => {
@@ -721,24 +745,65 @@ impl<S: Storage> Node<S> {
     /// A `ReadFanout::Quorum` read still short of R after `replica_timeout`: asks
     /// the targets it has not asked yet.
     fn ask_the_rest(&mut self, id: ReqId) {
+        if self.fetch_unasked(id) {
+            let check = self.now + self.config.replica_timeout;
+            if let Some(c) = self.coords.get_mut(&id) {
+                c.check = check;
+            }
+            self.set_timer(check, Timer::ReplicaCheck(id));
+        }
+    }
+
+    /// How long a `ReadFanout::Quorum` read waits for the replicas it asked before
+    /// it also asks the others: 2 ms plus four times the moving average of replica
+    /// read round trips (for round trips spread like an exponential that is about
+    /// their p98), at most `replica_timeout`.
+    ///
+    /// Why: asking R replicas instead of N halves a read's replica traffic at N=3,
+    /// R=2, but then one slow or crashed-and-not-yet-suspected replica would hold
+    /// every read it is asked for until `replica_timeout` (hundreds of ms), where
+    /// asking all N hides it. Retrying early (Cassandra's speculative retry) makes
+    /// that a few ms; it sends an extra fetch only for the slowest reads. Suspicion
+    /// stays with `ReplicaCheck`, so a speculative retry never marks a peer down.
+    pub(crate) fn speculate_delay(&self) -> Dur {
+        let ms = 2 + (4 * self.fetch_rtt).div_ceil(16);
+        Dur(ms.min(self.config.replica_timeout.as_millis()))
+    }
+
+    /// Folds one replica read round trip into the moving average (weight 1/8).
+    fn observe_fetch_rtt(&mut self, rtt: Dur) {
+        let sample = rtt.as_millis().min(60_000) * 16;
+        self.fetch_rtt = self.fetch_rtt - self.fetch_rtt / 8 + sample / 8;
+    }
+
+    /// The speculative retry of a `ReadFanout::Quorum` read (see `speculate_delay`).
+    pub(crate) fn speculate(&mut self, id: ReqId) {
+        if let Some(c) = self.coords.get_mut(&id) {
+            c.speculate = None;
+        }
+        self.fetch_unasked(id);
+    }
+
+    /// Sends the read's fetch to every target not asked yet, unless the read has
+    /// its answers. Whether it sent any.
+    fn fetch_unasked(&mut self, id: ReqId) -> bool {
         let Some(c) = self.coords.get_mut(&id) else {
-            return;
+            return false;
         };
         if c.replied || c.answered() >= c.need {
-            return;
+            return false;
         }
         let key = c.key.clone();
         let mut fetch = Vec::new();
         for t in c.targets.iter_mut().filter(|t| !t.asked) {
             t.asked = true;
+            t.late = true;
             fetch.push(t.node);
         }
         if fetch.is_empty() {
-            return;
+            return false;
         }
-        let check = self.now + self.config.replica_timeout;
-        c.check = check;
-        for node in fetch {
+        for &node in &fetch {
             self.send(
                 node,
                 Message::Replica(Msg::Fetch {
@@ -747,7 +812,8 @@ impl<S: Storage> Node<S> {
                 }),
             );
         }
-        self.set_timer(check, Timer::ReplicaCheck(id));
+        self.event(Event::ReadRetried { key, asked: fetch });
+        true
     }
 
     pub(crate) fn replica_check(&mut self, id: ReqId) {
@@ -817,6 +883,7 @@ impl<S: Storage> Node<S> {
                 answered: false,
                 replaced: false,
                 asked: true,
+                late: false,
             });
             if stand_in == self.id {
                 local = Some((c.targets.len() - 1, hint));
@@ -944,12 +1011,18 @@ impl<S: Storage> Node<S> {
             }
             Msg::FetchReply { id, object } => {
                 if let Some(c) = self.coords.get_mut(&id) {
+                    let rtt = self.now.since(c.started);
+                    let mut on_time = false;
                     if let Some(t) = c.targets.iter_mut().find(|t| t.node == from && !t.answered) {
                         t.answered = true;
+                        on_time = !t.late;
                         let hint = t.hint;
                         if let Phase::Read { replies } = &mut c.phase {
                             replies.push((from, hint, object));
                         }
+                    }
+                    if on_time {
+                        self.observe_fetch_rtt(rtt);
                     }
                     self.progress(id);
                 }
@@ -1506,8 +1579,10 @@ pub(crate) mod tests {
         assert_eq!(f.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![B, C]);
     }
 
-    /// A `ReadFanout::Quorum` read whose asked replica is silent asks the rest after
-    /// `replica_timeout` and still succeeds.
+    /// A `ReadFanout::Quorum` read whose asked replica is silent asks the rest at
+    /// its speculative retry (2 ms with no round trip measured yet), long before
+    /// `replica_timeout`, and still succeeds. The retry suspects nobody: the silent
+    /// replica is marked down only at `replica_timeout`.
     #[test]
     fn quorum_fanout_asks_the_rest_when_one_is_silent() {
         let config = Config {
@@ -1518,13 +1593,20 @@ pub(crate) mod tests {
         let key = key_for(&a, &[A, B, C]);
         a.handle_input(Time(0), get(&key));
         let f = fetches(&drain(&mut a));
-        assert_eq!(f.len(), 1);
-        let t = Time(0) + a.config.replica_timeout;
-        a.handle_input(t, Input::Timeout);
+        assert_eq!(f, vec![(B, f[0].1)]);
+        assert_eq!(a.speculate_delay(), Dur(2));
+        a.handle_input(Time(1), Input::Timeout);
+        assert!(fetches(&drain(&mut a)).is_empty(), "not before the retry");
+        a.handle_input(Time(2), Input::Timeout);
         let out = drain(&mut a);
         let f2 = fetches(&out);
         assert_eq!(f2, vec![(C, f[0].1)], "the unasked replica, same request");
-        a.handle_input(t + Dur(1), empty_reply(C, f[0].1));
+        assert!(out.contains(&Output::Event(Event::ReadRetried {
+            key: key.clone(),
+            asked: vec![C],
+        })));
+        assert!(a.detector.is_reachable(B), "a retry suspects nobody");
+        a.handle_input(Time(3), empty_reply(C, f[0].1));
         let out = drain(&mut a);
         match reply(&out) {
             Some(Ok(ClientReply::Read { answered_by, .. })) => {
@@ -1532,5 +1614,85 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // C answered late: its time is not a round trip from the start.
+        assert_eq!(a.fetch_rtt, 0);
+        // B is still silent at replica_timeout: now it is suspected.
+        a.handle_input(Time(0) + a.config.replica_timeout, Input::Timeout);
+        drain(&mut a);
+        assert!(!a.detector.is_reachable(B));
+    }
+
+    /// A read answered before its retry sends nothing more: the retry's timer goes
+    /// with the request.
+    #[test]
+    fn quorum_fanout_answered_in_time_never_retries() {
+        let config = Config {
+            read_fanout: ReadFanout::Quorum,
+            ..Config::default()
+        };
+        let mut a = node(A, 3, config);
+        let key = key_for(&a, &[A, B, C]);
+        a.handle_input(Time(0), get(&key));
+        let f = fetches(&drain(&mut a));
+        a.handle_input(Time(1), empty_reply(B, f[0].1));
+        assert!(matches!(
+            reply(&drain(&mut a)),
+            Some(Ok(ClientReply::Read { .. }))
+        ));
+        assert!(a.coords.is_empty());
+        assert!(
+            !a.timers
+                .iter()
+                .any(|(_, t)| matches!(t, Timer::Speculate(_))),
+            "the retry timer is cancelled"
+        );
+        a.handle_input(Time(0) + a.config.replica_timeout, Input::Timeout);
+        assert!(fetches(&drain(&mut a)).is_empty());
+    }
+
+    /// The retry waits 2 ms plus four times the moving average of on-time replica
+    /// round trips, and never longer than `replica_timeout`.
+    #[test]
+    fn speculate_delay_follows_round_trips_within_bounds() {
+        let config = Config {
+            read_fanout: ReadFanout::Quorum,
+            replica_timeout: Dur(50),
+            ..Config::default()
+        };
+        let mut a = node(A, 3, config);
+        let key = key_for(&a, &[A, B, C]);
+        let mut now = Time(0);
+        let mut read_taking = |a: &mut Node<MemStorage>, ms: u64| {
+            a.handle_input(now, get(&key));
+            let f = fetches(&drain(a));
+            assert_eq!(f.len(), 1, "{ms} ms: one replica asked");
+            now = now + Dur(ms);
+            a.handle_input(now, empty_reply(B, f[0].1));
+            drain(a);
+            now = now + Dur(1);
+        };
+        // Round trips of 0 ms (sub-millisecond) keep the floor.
+        for _ in 0..20 {
+            read_taking(&mut a, 0);
+        }
+        assert_eq!(a.speculate_delay(), Dur(2));
+        // 5-ms round trips (B was asked at the start, so they count even though the
+        // 2-ms retry was due: no timeout input here lets it fire) move the delay
+        // to 2 + 4 * 5.
+        for _ in 0..40 {
+            read_taking(&mut a, 5);
+        }
+        let d = a.speculate_delay().as_millis();
+        assert!((20..=22).contains(&d), "delay {d} ms");
+        // Round trips of seconds: capped at replica_timeout, so no retry is planned.
+        a.observe_fetch_rtt(Dur(10_000));
+        a.observe_fetch_rtt(Dur(10_000));
+        assert_eq!(a.speculate_delay(), Dur(50));
+        a.handle_input(now, get(&key));
+        drain(&mut a);
+        assert!(!a
+            .timers
+            .iter()
+            .any(|(_, t)| matches!(t, Timer::Speculate(_))));
     }
 }

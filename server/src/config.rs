@@ -105,9 +105,10 @@ pub struct ServeArgs {
     pub sync_depth: Option<usize>,
     /// Replicas a read asks: `all` N (Dynamo and Riak: read repair reaches every
     /// replica on every read, and the first R of N answers hide one slow replica) or
-    /// `quorum` R, itself first, asking the rest only if one is silent for
-    /// --replica-timeout-ms (as Cassandra does: half the replica traffic at N=3,
-    /// R=2, but a slow replica delays the read) [default: all].
+    /// `quorum` R, itself first, asking the rest as a speculative retry once the
+    /// asked ones are silent for 2 ms plus four times the average replica round
+    /// trip, at most --replica-timeout-ms (as Cassandra does: half the replica
+    /// traffic at N=3, R=2; a slow replica costs a read a few ms) [default: all].
     #[arg(long, value_enum)]
     pub read_fanout: Option<Fanout>,
     /// Partitions this node pulls at once when it gains partitions (a join, or

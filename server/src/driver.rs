@@ -890,6 +890,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             Event::HintRefused { .. } => m.add("hints_refused", 1),
             Event::HandoffReceived { .. } => m.add("handoffs_received", 1),
             Event::ReadRepair { .. } => m.add("read_repairs", 1),
+            Event::ReadRetried { .. } => m.add("read_retries", 1),
             Event::MerkleExchangeStarted { .. } => m.add("merkle_exchanges", 1),
             Event::MerkleKeysRepaired { n, .. } => m.add("merkle_keys_repaired", *n as u64),
             Event::MerkleInSync { .. } => m.add("merkle_in_sync", 1),
@@ -926,6 +927,7 @@ impl<S: DurableStorage, P: PeerSink, I: Into<NetInput> + Send + 'static> Driver<
             | Event::RequestFailed { .. }
             | Event::StandInRecruited { .. }
             | Event::ReadRepair { .. }
+            | Event::ReadRetried { .. }
             | Event::TombstonePurged { .. }
             | Event::MessageIgnored { .. } => {
                 tracing::debug!(node, kind = e.kind(), event = ?e)

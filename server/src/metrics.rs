@@ -144,7 +144,7 @@ impl Default for Metrics {
 }
 
 /// Counters the driver bumps, with their help text. Only these names are valid.
-const COUNTERS: [(&str, &str); 19] = [
+const COUNTERS: [(&str, &str); 20] = [
     (
         "hints_stored",
         "Hinted replicas this node stored as a stand-in.",
@@ -163,6 +163,10 @@ const COUNTERS: [(&str, &str); 19] = [
     ),
     ("handoffs_received", "Hint batches merged from stand-ins."),
     ("read_repairs", "Reads that repaired stale replicas."),
+    (
+        "read_retries",
+        "Quorum-fanout reads that also asked the replicas not asked at first (speculative retry).",
+    ),
     ("merkle_exchanges", "Merkle exchanges started by this node."),
     (
         "merkle_keys_repaired",

@@ -1492,6 +1492,15 @@ pub(crate) fn event_text(e: &ringlab_core::Event) -> String {
             owner,
             stand_in,
         } => format!("{stand_in} stands in for {owner} ({})", k(key)),
+        E::ReadRetried { key, asked } => format!(
+            "read of {} slow: also asking {}",
+            k(key),
+            asked
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         E::PeerUnreachable { peer } => format!("{peer} unreachable"),
         E::PeerReachable { peer } => format!("{peer} reachable again"),
         E::PeerReportedDead { peer } => format!("reports {peer} dead"),
