@@ -89,6 +89,8 @@ pub struct Node<S: Storage> {
     pub(crate) coords: BTreeMap<ReqId, quorum::Coord>,
     /// Moving average of replica read round trips, in 1/16 ms (see `quorum::speculate`).
     pub(crate) fetch_rtt: u64,
+    /// Replicas a quorum read retried past, until when they are asked last.
+    pub(crate) slow_replicas: BTreeMap<NodeId, Time>,
     pub(crate) forwards: BTreeMap<ReqId, quorum::Forwarded>,
     pub(crate) purges: BTreeMap<ReqId, quorum::PendingPurge>,
     pub(crate) handoffs: BTreeMap<NodeId, handoff::InFlight>,
@@ -203,6 +205,7 @@ impl<S: Storage> Node<S> {
             next_id: 1,
             coords: BTreeMap::new(),
             fetch_rtt: 0,
+            slow_replicas: BTreeMap::new(),
             forwards: BTreeMap::new(),
             purges: BTreeMap::new(),
             handoffs: BTreeMap::new(),

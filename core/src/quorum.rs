@@ -498,9 +498,10 @@ impl<S: Storage> Node<S> {
             targets: targets.iter().map(|t| (t.node, t.hint)).collect(),
         });
         if self.config.read_fanout == ReadFanout::Quorum {
-            // Ask R: ourselves first when we are a target, then in preference order.
+            // Ask R: ourselves first when we are a target, then in preference
+            // order, replicas a recent read had to retry past last.
             let mut order: Vec<usize> = (0..targets.len()).collect();
-            order.sort_by_key(|&i| targets[i].node != self.id);
+            order.sort_by_key(|&i| (targets[i].node != self.id, self.is_slow(targets[i].node)));
             for (rank, &i) in order.iter().enumerate() {
                 targets[i].asked = rank < need;
             }
@@ -777,11 +778,35 @@ impl<S: Storage> Node<S> {
     }
 
     /// The speculative retry of a `ReadFanout::Quorum` read (see `speculate_delay`).
+    ///
+    /// The replicas still silent are asked last by the reads that start in the
+    /// next `replica_timeout` (unless one is asked first anyway and answers on
+    /// time, which clears it): a crashed replica that is not
+    /// suspected yet then delays one read by a retry, not every read that would
+    /// have asked it until `replica_timeout` passes.
     pub(crate) fn speculate(&mut self, id: ReqId) {
-        if let Some(c) = self.coords.get_mut(&id) {
-            c.speculate = None;
+        let Some(c) = self.coords.get_mut(&id) else {
+            return;
+        };
+        c.speculate = None;
+        if !c.replied {
+            let until = self.now + self.config.replica_timeout;
+            let silent: Vec<NodeId> = c
+                .targets
+                .iter()
+                .filter(|t| t.asked && !t.answered && t.node != self.id)
+                .map(|t| t.node)
+                .collect();
+            for node in silent {
+                self.slow_replicas.insert(node, until);
+            }
         }
         self.fetch_unasked(id);
+    }
+
+    /// Whether a read had to retry past `node` recently (see `speculate`).
+    fn is_slow(&self, node: NodeId) -> bool {
+        self.slow_replicas.get(&node).is_some_and(|&t| t > self.now)
     }
 
     /// Sends the read's fetch to every target not asked yet, unless the read has
@@ -1023,6 +1048,8 @@ impl<S: Storage> Node<S> {
                     }
                     if on_time {
                         self.observe_fetch_rtt(rtt);
+                        // Asked at the start and answered: not slow (any more).
+                        self.slow_replicas.remove(&from);
                     }
                     self.progress(id);
                 }
@@ -1620,6 +1647,36 @@ pub(crate) mod tests {
         a.handle_input(Time(0) + a.config.replica_timeout, Input::Timeout);
         drain(&mut a);
         assert!(!a.detector.is_reachable(B));
+    }
+
+    /// After a read retried past B, the next reads ask C first: one read pays for
+    /// a silent replica, not every read until `replica_timeout`.
+    #[test]
+    fn quorum_fanout_asks_a_retried_past_replica_last() {
+        let config = Config {
+            read_fanout: ReadFanout::Quorum,
+            ..Config::default()
+        };
+        let mut a = node(A, 3, config);
+        let key = key_for(&a, &[A, B, C]);
+        a.handle_input(Time(0), get(&key));
+        let f = fetches(&drain(&mut a));
+        assert_eq!(f[0].0, B);
+        a.handle_input(Time(2), Input::Timeout);
+        assert_eq!(fetches(&drain(&mut a)), vec![(C, f[0].1)]);
+        a.handle_input(Time(3), empty_reply(C, f[0].1));
+        drain(&mut a);
+        for t in [4, 10, 100] {
+            a.handle_input(Time(t), get(&key));
+            let f = fetches(&drain(&mut a));
+            assert_eq!(
+                f.iter().map(|x| x.0).collect::<Vec<_>>(),
+                vec![C],
+                "at {t} ms"
+            );
+            a.handle_input(Time(t + 1), empty_reply(C, f[0].1));
+            drain(&mut a);
+        }
     }
 
     /// A read answered before its retry sends nothing more: the retry's timer goes
