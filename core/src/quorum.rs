@@ -1556,6 +1556,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// Node A of 3 with `config` and `ReadFanout::Quorum`, and a key whose
+    /// preference list is A, B, C.
+    fn quorum_node(config: Config) -> (Node<MemStorage>, Bytes) {
+        let a = node(
+            A,
+            3,
+            Config {
+                read_fanout: ReadFanout::Quorum,
+                ..config
+            },
+        );
+        let key = key_for(&a, &[A, B, C]);
+        (a, key)
+    }
+
     /// `from`'s read reply to request `id`: it holds nothing for the key.
     fn empty_reply(from: NodeId, id: ReqId) -> Input {
         Input::Message {
@@ -1581,12 +1596,7 @@ pub(crate) mod tests {
     /// completes on that answer and the third replica is never asked.
     #[test]
     fn quorum_fanout_asks_r_replicas() {
-        let config = Config {
-            read_fanout: ReadFanout::Quorum,
-            ..Config::default()
-        };
-        let mut a = node(A, 3, config);
-        let key = key_for(&a, &[A, B, C]);
+        let (mut a, key) = quorum_node(Config::default());
         a.handle_input(Time(0), get(&key));
         let out = drain(&mut a);
         let f = fetches(&out);
@@ -1612,12 +1622,7 @@ pub(crate) mod tests {
     /// replica is marked down only at `replica_timeout`.
     #[test]
     fn quorum_fanout_asks_the_rest_when_one_is_silent() {
-        let config = Config {
-            read_fanout: ReadFanout::Quorum,
-            ..Config::default()
-        };
-        let mut a = node(A, 3, config);
-        let key = key_for(&a, &[A, B, C]);
+        let (mut a, key) = quorum_node(Config::default());
         a.handle_input(Time(0), get(&key));
         let f = fetches(&drain(&mut a));
         assert_eq!(f, vec![(B, f[0].1)]);
@@ -1653,12 +1658,7 @@ pub(crate) mod tests {
     /// a silent replica, not every read until `replica_timeout`.
     #[test]
     fn quorum_fanout_asks_a_retried_past_replica_last() {
-        let config = Config {
-            read_fanout: ReadFanout::Quorum,
-            ..Config::default()
-        };
-        let mut a = node(A, 3, config);
-        let key = key_for(&a, &[A, B, C]);
+        let (mut a, key) = quorum_node(Config::default());
         a.handle_input(Time(0), get(&key));
         let f = fetches(&drain(&mut a));
         assert_eq!(f[0].0, B);
@@ -1683,12 +1683,7 @@ pub(crate) mod tests {
     /// with the request.
     #[test]
     fn quorum_fanout_answered_in_time_never_retries() {
-        let config = Config {
-            read_fanout: ReadFanout::Quorum,
-            ..Config::default()
-        };
-        let mut a = node(A, 3, config);
-        let key = key_for(&a, &[A, B, C]);
+        let (mut a, key) = quorum_node(Config::default());
         a.handle_input(Time(0), get(&key));
         let f = fetches(&drain(&mut a));
         a.handle_input(Time(1), empty_reply(B, f[0].1));
@@ -1711,13 +1706,10 @@ pub(crate) mod tests {
     /// round trips, and never longer than `replica_timeout`.
     #[test]
     fn speculate_delay_follows_round_trips_within_bounds() {
-        let config = Config {
-            read_fanout: ReadFanout::Quorum,
+        let (mut a, key) = quorum_node(Config {
             replica_timeout: Dur(50),
             ..Config::default()
-        };
-        let mut a = node(A, 3, config);
-        let key = key_for(&a, &[A, B, C]);
+        });
         let mut now = Time(0);
         let mut read_taking = |a: &mut Node<MemStorage>, ms: u64| {
             a.handle_input(now, get(&key));
